@@ -1,0 +1,79 @@
+"""Fields every trainer config has. Model configs start from `trainer_config()`
+and add `task`, `model` and `data` (see configs/*.py)."""
+from __future__ import annotations
+
+import ml_collections
+
+# Logical axis name -> mesh axes (MaxText style). None = replicated.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # params
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("codebook", None),
+)
+
+
+def trainer_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = ""  # a name in vlgen_jax.train.task.TASKS
+
+  # Run length (all overridable: --config.total_steps=...).
+  c.seed = 0
+  c.total_steps = 1000
+  c.log_every = 10
+  c.eval_every = 500      # 0 disables
+  c.eval_steps = 4        # batches per eval-loss pass
+  c.checkpoint_every = 500
+  c.max_to_keep = 3
+
+  # Batch: global size over all processes; split into micro-batches scanned
+  # with gradient accumulation.
+  c.batch_size = 32
+  c.micro_batches = 1
+
+  # Mesh: axis sizes within a slice (ICI) and across slices (DCN); -1 fills.
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.dcn_mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+  c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+  # Numerics: params are always fp32; `dtype` is the compute dtype
+  # ("auto" = bfloat16 on accelerators, float32 on CPU).
+  c.dtype = "auto"
+  c.remat = "none"  # none | full | dots | dots_no_batch
+
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "adamw",          # adamw | adafactor | sgd
+      "learning_rate": 1e-3,
+      "schedule": "cosine",     # cosine | linear | constant
+      "warmup_steps": 0,
+      "end_lr_ratio": 0.0,      # final lr / peak lr for cosine/linear decay
+      "b1": 0.9,
+      "b2": 0.95,
+      "eps": 1e-8,
+      "weight_decay": 0.0,
+      # Leaves whose path contains one of these substrings get no weight decay.
+      "no_decay": ("norm", "bias", "embedding", "scale"),
+      "grad_clip_norm": 1.0,    # 0 disables
+  })
+  # Per-label optimizers for tasks with several (e.g. VQ generator and
+  # discriminator); keys are the labels of Task.optimizer_labels.
+  c.optimizers = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict()
+  return c
