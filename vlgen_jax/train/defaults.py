@@ -40,6 +40,13 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.eval_steps = 4        # batches per eval-loss pass
   c.checkpoint_every = 500
   c.max_to_keep = 3
+  c.async_checkpointing = True
+
+  # Input splits (names the Task understands) and the eval batch size
+  # (0 = batch_size).
+  c.train_split = "train"
+  c.eval_split = "validation"
+  c.eval_batch_size = 0
 
   # Batch: global size over all processes; split into micro-batches scanned
   # with gradient accumulation.
@@ -55,6 +62,9 @@ def trainer_config() -> ml_collections.ConfigDict:
   # ("auto" = bfloat16 on accelerators, float32 on CPU).
   c.dtype = "auto"
   c.remat = "none"  # none | full | dots | dots_no_batch
+  # A step whose loss or gradient norm is not finite never updates the state;
+  # "skip" counts it and goes on, "halt" stops the run (exit status 3).
+  c.nan_policy = "skip"
 
   c.optimizer = ml_collections.ConfigDict({
       "name": "adamw",          # adamw | adafactor | sgd
@@ -76,4 +86,8 @@ def trainer_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict()
+
+  # Fault injection for tests of preemption handling: after this step the
+  # trainer sends itself SIGTERM (0 = never).
+  c.debug = ml_collections.ConfigDict({"sigterm_after_step": 0})
   return c

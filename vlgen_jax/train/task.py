@@ -35,7 +35,17 @@ TASKS = {
 
 
 class Task:
-  """Base class; subclasses override what their model needs."""
+  """Base class; subclasses override what their model needs.
+
+  Params and model state reach `loss`, `post_update`, `optimizer_labels` and
+  `evaluate` unboxed (plain arrays, sharded by the trainer); only `init`
+  returns them boxed with logical axis names.
+  """
+
+  # True when the model rematerialises its own layers from `config.remat`
+  # (e.g. nn.remat inside nn.scan); otherwise the trainer wraps the whole
+  # loss in `jax.checkpoint` with that policy.
+  handles_remat = False
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -87,6 +97,11 @@ class Task:
     optimizer in `config.optimizers` (e.g. "generator" / "discriminator");
     None means one optimizer from `config.optimizer`."""
     return None
+
+  def export_files(self) -> dict[str, str]:
+    """Extra files a params-only export needs to be used on its own (e.g. the
+    SentencePiece model): `{name: source path}`, copied to `export/assets/`."""
+    return {}
 
   # ---- accounting ---------------------------------------------------------
   def flops_per_example(self) -> float:
