@@ -1,0 +1,84 @@
+"""Multi-head attention: projections, full-sequence attention and cached decode.
+
+One `Attention` module serves self- and cross-attention; its methods split
+the work so callers can compute keys/values once (cross-attention during
+decode) and keep them in a static-size cache (self-attention during decode).
+The full forward uses `jax.nn.dot_product_attention` (XLA by default; cuDNN
+flash attention with `config.model.attention_impl="cudnn"` on GPUs). Decode
+steps use the XLA path with a position mask over the static cache.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlgen_jax.model import layers
+from vlgen_jax.model.spec import ModelSpec
+
+
+class Attention(nn.Module):
+  """Projections (embed -> heads x kv) plus attention; `rope` is None, "1d" or "2d"."""
+  spec: ModelSpec
+  dtype: Any = jnp.float32
+  rope: str | None = None
+
+  def setup(self):
+    s = self.spec
+    heads_kv = (s.num_heads, s.head_dim)
+    self.query = layers.DenseGeneral(heads_kv, ("embed", "heads", "kv"), dtype=self.dtype)
+    self.key = layers.DenseGeneral(heads_kv, ("embed", "heads", "kv"), dtype=self.dtype)
+    self.value = layers.DenseGeneral(heads_kv, ("embed", "heads", "kv"), dtype=self.dtype)
+    self.out = layers.DenseGeneral((s.d_model,), ("heads", "kv", "embed"), axis=(-2, -1),
+                                   dtype=self.dtype)
+    if s.qk_norm:
+      self.query_norm = layers.Norm("rmsnorm", s.norm_eps, self.dtype)
+      self.key_norm = layers.Norm("rmsnorm", s.norm_eps, self.dtype)
+
+  def _position(self, x, positions):
+    if self.rope == "1d":
+      return layers.rope(x, positions, self.spec.rope_theta)
+    if self.rope == "2d":
+      rows, cols = layers.image_rows_cols(positions, self.spec.image_grid)
+      return layers.rope_2d(x, rows, cols, self.spec.rope_theta)
+    return x
+
+  def queries(self, x, positions=None):
+    q = self.query(x)
+    if self.spec.qk_norm:
+      q = self.query_norm(q)
+    q = self._position(q, positions)
+    return layers.constrain(q, layers.BATCH_LENGTH_HEADS_KV)
+
+  def keys_values(self, x, positions=None):
+    k, v = self.key(x), self.value(x)
+    if self.spec.qk_norm:
+      k = self.key_norm(k)
+    k = self._position(k, positions)
+    return (layers.constrain(k, layers.BATCH_LENGTH_HEADS_KV),
+            layers.constrain(v, layers.BATCH_LENGTH_HEADS_KV))
+
+  def attend(self, q, k, v, *, key_mask=None, causal: bool = False):
+    """Full-sequence attention. `key_mask` (B, S) bool marks valid keys.
+
+    With cuDNN the padding must be trailing (ids then pads), as produced by the
+    text tokenizer: it is passed as key lengths.
+    """
+    if self.spec.attention_impl == "cudnn":
+      lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+                                         implementation="cudnn")
+    else:
+      mask = None if key_mask is None else key_mask[:, None, None, :]
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                         implementation="xla")
+    out = layers.constrain(out, layers.BATCH_LENGTH_HEADS_KV)
+    return self.out(out)
+
+  def attend_cached(self, q, k_cache, v_cache, key_mask):
+    """One query step (T=1) against a static-size cache; `key_mask` (B, S) or (S,)."""
+    mask = key_mask[None, None, None, :] if key_mask.ndim == 1 else key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask, implementation="xla")
+    return self.out(out)

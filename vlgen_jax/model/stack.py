@@ -1,0 +1,41 @@
+"""`nn.scan` over identical layers with an optional remat policy.
+
+Scanned params are stacked on a leading axis named "layers" (so sharding
+rules see it), and compile time stays flat in depth. The same stack is
+used by the full forward and by decode (with a per-layer cache as the
+scanned input), so both read one set of weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def layer_stack(layer_cls: type[nn.Module], *, num_layers: int, in_axes: Any, remat: str = "none",
+                name: str, **layer_kwargs) -> nn.Module:
+  """Returns a module calling `layer_cls` `num_layers` times: `(carry, *args) -> (carry, ys)`.
+
+  `in_axes` gives each positional argument after the carry: `nn.broadcast`
+  (same for every layer) or 0 (one slice per layer).
+  """
+  cls = layer_cls
+  if remat != "none":
+    # prevent_cse is unnecessary under scan and blocks XLA optimisations.
+    cls = nn.remat(cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  scanned = nn.scan(
+      cls,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=in_axes,
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+  )
+  return scanned(name=name, **layer_kwargs)

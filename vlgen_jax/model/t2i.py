@@ -1,0 +1,70 @@
+"""The text-to-image model: text encoder + causal image-token decoder.
+
+Image sequence convention (N = H'*W' tokens, codes 0..K-1, BOS id = K):
+  decoder input  = [BOS, t_0, ..., t_{N-2}]
+  targets        = [t_0, ..., t_{N-1}]
+Input index i carries the 2-D position (i // W', i % W') of the token it
+predicts. Logits of ids >= K (BOS, vocabulary padding) are masked, so they
+are never predicted.
+
+Decode API (one prompt batch, tokens decoded in lock-step):
+  encoded, text_mask = model.apply(v, text_ids, method=Model.encode_text)
+  cache = model.apply(v, encoded, text_mask, method=Model.init_cache)
+  logits, cache = model.apply(v, token, position, cache, method=Model.decode_step)
+where `token` (B,) is the decoder input at sequence index `position`
+(BOS at 0). Cross-attention keys/values are computed once, in `init_cache`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlgen_jax.model.image_decoder import ImageDecoder
+from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.model.text_encoder import TextEncoder
+
+Cache = dict[str, Any]
+
+
+class Model(nn.Module):
+  spec: ModelSpec
+
+  def setup(self):
+    dtype = self.spec.compute_dtype()
+    self.encoder = TextEncoder(self.spec, dtype)
+    self.decoder = ImageDecoder(self.spec, dtype)
+
+  def __call__(self, text_ids, image_tokens, train: bool = False):
+    """text_ids (B, L), image_tokens (B, N) -> fp32 logits (B, N, V_padded)."""
+    encoded, text_mask = self.encoder(text_ids, deterministic=not train, remat=train)
+    inputs = decoder_inputs(image_tokens, self.spec.image_bos_id)
+    return self.decoder(inputs, mode="train", encoded=encoded, text_mask=text_mask,
+                        deterministic=not train, remat=train)
+
+  def encode_text(self, text_ids):
+    """text_ids (B, L) -> (encoded (B, L, d), text_mask (B, L) bool)."""
+    return self.encoder(text_ids, deterministic=True)
+
+  def init_cache(self, encoded, text_mask) -> Cache:
+    """Static-size decode cache; cross-attention K/V computed here, once."""
+    s = self.spec
+    cross_k, cross_v = self.decoder(None, mode="cross_kv", encoded=encoded)
+    batch = encoded.shape[0]
+    shape = (s.decoder_layers, batch, s.num_image_tokens, s.num_heads, s.head_dim)
+    zeros = jnp.zeros(shape, cross_k.dtype)
+    return {"self_k": zeros, "self_v": zeros, "cross_k": cross_k, "cross_v": cross_v,
+            "text_mask": text_mask}
+
+  def decode_step(self, token, position, cache: Cache):
+    """token (B,) int at sequence index `position` (scalar) -> (fp32 logits (B, V), cache)."""
+    logits, cache = self.decoder(jnp.asarray(token, jnp.int32)[:, None], mode="decode",
+                                 cache=cache, position=position)
+    return logits[:, 0], cache
+
+
+def decoder_inputs(image_tokens, bos_id: int):
+  """[BOS, t_0 .. t_{N-2}] from the target tokens (B, N)."""
+  bos = jnp.full((image_tokens.shape[0], 1), bos_id, image_tokens.dtype)
+  return jnp.concatenate([bos, image_tokens[:, :-1]], axis=1)
