@@ -18,8 +18,6 @@ NORMS = ("rmsnorm", "layernorm")
 MLPS = ("gelu", "swiglu")
 IMAGE_POSITIONS = ("learned_2d", "rope_2d")
 TEXT_POSITIONS = ("learned", "rope")
-REMATS = ("none", "full", "dots", "dots_no_batch")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
@@ -72,12 +70,8 @@ class ModelSpec:
     return round_up(self.text_vocab_size, VOCAB_MULTIPLE)
 
   def compute_dtype(self):
-    import jax
-    import jax.numpy as jnp
-    name = self.dtype
-    if name == "auto":
-      name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return jnp.dtype(name)
+    from vlgen_jax.train import numerics
+    return numerics.compute_dtype({"dtype": self.dtype})
 
   # ---- construction -----------------------------------------------------------
   @classmethod
@@ -119,10 +113,9 @@ class ModelSpec:
       if getattr(self, name) not in allowed:
         raise UserError(f"config.model.{name} must be one of {', '.join(allowed)}; "
                         f"got {getattr(self, name)!r}")
-    if self.remat not in REMATS:
-      raise UserError(f"config.remat must be one of {', '.join(REMATS)}; got {self.remat!r}")
-    if self.dtype not in DTYPES:
-      raise UserError(f"config.dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+    from vlgen_jax.train import numerics
+    numerics.remat_policy(self.remat)  # raises UserError on unknown names
+    self.compute_dtype()
     if self.image_positions == "rope_2d" and self.head_dim % 4:
       raise UserError(f"2-D RoPE needs head_dim divisible by 4, got {self.head_dim}")
     if self.text_positions == "rope" and self.head_dim % 2:

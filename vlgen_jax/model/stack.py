@@ -7,16 +7,11 @@ scanned input), so both read one set of weights.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
-import jax
 
-REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+from vlgen_jax.train import numerics
 
 
 def layer_stack(layer_cls: type[nn.Module], *, num_layers: int, in_axes: Any, remat: str = "none",
@@ -29,7 +24,7 @@ def layer_stack(layer_cls: type[nn.Module], *, num_layers: int, in_axes: Any, re
   cls = layer_cls
   if remat != "none":
     # prevent_cse is unnecessary under scan and blocks XLA optimisations.
-    cls = nn.remat(cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    cls = nn.remat(cls, policy=numerics.remat_policy(remat), prevent_cse=False)
   scanned = nn.scan(
       cls,
       variable_axes={"params": 0},

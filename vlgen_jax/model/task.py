@@ -1,0 +1,94 @@
+"""`TextToImageTask` ("t2i"): the trainer's view of the text-to-image model."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+from vlgen_jax.errors import UserError
+from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.train.task import Task
+
+
+def empty_caption_ids(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The empty caption: `config.data.empty_caption` ids, then pad, to text_length."""
+  m = config.model
+  ids = tuple(int(i) for i in config.data.get("empty_caption", ()))
+  if not ids:
+    raise UserError("config.data.empty_caption must list the ids of the empty caption (e.g. BOS, EOS)")
+  if len(ids) > m.text_length or any(not 0 <= i < m.text_vocab_size for i in ids):
+    raise UserError(f"config.data.empty_caption {ids} does not fit text_length/text_vocab_size")
+  if m.get("text_pad_id", 0) in ids:
+    # An all-pad caption would leave cross-attention nothing to attend to.
+    raise UserError("config.data.empty_caption must not contain the pad id")
+  out = np.full(m.text_length, m.get("text_pad_id", 0), np.int32)
+  out[:len(ids)] = ids
+  return out
+
+
+def drop_captions(text_ids, rng, rate: float, empty_caption):
+  """Replaces each caption by the empty caption with probability `rate` (for CFG)."""
+  import jax
+  import jax.numpy as jnp
+  drop = jax.random.bernoulli(rng, rate, (text_ids.shape[0],))
+  empty = jnp.asarray(empty_caption[:text_ids.shape[1]], text_ids.dtype)
+  return jnp.where(drop[:, None], empty[None, :], text_ids)
+
+
+class TextToImageTask(Task):
+  """Text encoder + causal image-token decoder trained with next-token loss."""
+
+  handles_remat = True  # nn.remat inside nn.scan, from config.remat
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    from vlgen_jax.model.t2i import Model
+    self.spec = ModelSpec.from_config(config)
+    self.model = Model(self.spec)
+    self.z_loss = float(config.model.get("z_loss", 0.0))
+    self.cond_dropout = float(config.model.get("cond_dropout", 0.0))
+    if not 0.0 <= self.cond_dropout < 1.0:
+      raise UserError(f"config.model.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+    if self.z_loss < 0:
+      raise UserError(f"config.model.z_loss must be >= 0, got {self.z_loss}")
+    self.empty_caption = empty_caption_ids(config)
+    self._reader = None
+
+  # ---- input -------------------------------------------------------------
+  def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
+                     process_index: int, process_count: int) -> Iterator[dict]:
+    source = self.config.data.get("source", "synthetic")
+    if source == "synthetic":
+      from vlgen_jax.model.synthetic import SyntheticCaptions
+      data = SyntheticCaptions.from_config(self.config)
+      return iter(data.dataset(split=split, seed=seed, batch_size=batch_size,
+                               process_index=process_index, process_count=process_count))
+    raise UserError(f"config.data.source must be 'synthetic' or 'tokens', got {source!r}")
+
+  # ---- model -------------------------------------------------------------
+  def init(self, rng, batch: dict):
+    variables = self.model.init({"params": rng}, batch["text_ids"], batch["image_tokens"])
+    return variables["params"], {}
+
+  def loss(self, params, model_state, batch: dict, rng, *, train: bool):
+    import jax
+    from vlgen_jax.model.loss import token_cross_entropy
+    text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
+    rngs = {}
+    if train:
+      cond_rng, dropout_rng = jax.random.split(rng)
+      if self.cond_dropout > 0:
+        text_ids = drop_captions(text_ids, cond_rng, self.cond_dropout, self.empty_caption)
+      rngs = {"dropout": dropout_rng}
+    logits = self.model.apply({"params": params}, text_ids, image_tokens, train=train, rngs=rngs)
+    loss, metrics = token_cross_entropy(logits, image_tokens, z_loss=self.z_loss)
+    return loss, (metrics, model_state)
+
+  # ---- accounting ---------------------------------------------------------
+  def flops_per_example(self) -> float:
+    from vlgen_jax.model.accounting import training_flops_per_example
+    return training_flops_per_example(self.spec)
+
+  def tokens_per_example(self) -> int:
+    return self.spec.num_image_tokens
