@@ -17,3 +17,20 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory) -> pathlib.Path:
+  """TFDS data dir holding a tiny `shapes` dataset, built once per session (~0.5 s).
+
+  Config: resolution 64, train 512, validation 64, heldout 64 examples, as
+  ArrayRecord (config name `res64_train512_val64_heldout64`). Get its builder
+  without rebuilding via
+  `shapes_tfds.prepare_shapes(shapes_data_dir, 64, 512, 64, 64)`, or read a
+  split with `builder.as_data_source("train")`. Treat it as read-only.
+  """
+  from vlgen_jax.data import shapes_tfds
+  data_dir = tmp_path_factory.mktemp("shapes_data")
+  shapes_tfds.prepare_shapes(data_dir, resolution=64, train_size=512, validation_size=64,
+                             heldout_size=64, progress=False)
+  return data_dir

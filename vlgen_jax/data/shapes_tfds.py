@@ -1,0 +1,175 @@
+"""TFDS builder `shapes` (ArrayRecord) and `prepare_shapes`, which builds it on first use.
+
+Examples come from `vlgen_jax.data.shapes`; this module only turns them into
+TFDS records. Shuffling is disabled, so record `i` of a split is
+`shapes.sample_scene(split, i)`: the files are a pure function of the config
+(two builds are byte-identical) and any record can be checked against its
+regenerated scene. Readers shuffle (Grain does).
+
+Building and reading do not import TensorFlow: images are PNG-encoded with
+PIL and tfds serialises tf.Example with its own protos (a test pins this). If
+TF was imported by something else, it is kept off GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from tensorflow_datasets.core.utils import tqdm_utils
+
+from vlgen_jax.data import shapes
+
+
+def hide_gpus_from_tf() -> None:
+  """Stops TF, if something imported it, from claiming accelerators JAX should own."""
+  tf = sys.modules.get("tensorflow")
+  if tf is None:
+    return  # Not imported: it cannot claim anything. Do not pay for importing it.
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # TF already initialised its devices; nothing more can be done here.
+
+
+def config_name(resolution: int, train_size: int, validation_size: int, heldout_size: int) -> str:
+  """Config name encoding everything that changes the records."""
+  return f"res{resolution}_train{train_size}_val{validation_size}_heldout{heldout_size}"
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesConfig(tfds.core.BuilderConfig):
+  """Resolution and split sizes; the name encodes them, so each lives in its own directory."""
+  resolution: int = 64
+  train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"]
+  validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"]
+  heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]
+
+  @classmethod
+  def make(cls, resolution: int = 64, train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
+           validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
+           heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]) -> "ShapesConfig":
+    shapes.check_resolution(resolution)
+    for split, size in (("train", train_size), ("validation", validation_size),
+                        ("heldout", heldout_size)):
+      if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{split} size must be a positive int, got {size!r}")
+    return cls(
+        name=config_name(resolution, train_size, validation_size, heldout_size),
+        description=(f"{resolution}x{resolution} px; train {train_size}, validation "
+                     f"{validation_size}, heldout {heldout_size} examples"),
+        resolution=int(resolution), train_size=int(train_size),
+        validation_size=int(validation_size), heldout_size=int(heldout_size))
+
+  def split_sizes(self) -> dict[str, int]:
+    return {"train": self.train_size, "validation": self.validation_size,
+            "heldout": self.heldout_size}
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes with fixed encoder settings (deterministic for a given zlib)."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG", compress_level=6, optimize=False)
+  return buffer.getvalue()
+
+
+def tfds_example(split: str, index: int, resolution: int) -> dict:
+  """Example `index` of `split` as the builder's features expect it."""
+  scene = shapes.sample_scene(split, index)
+  objects = scene.objects
+  return {
+      # Pre-encoded with PIL: faster than tfds' TF-graph PNG encoder.
+      "image": encode_png(shapes.render(scene, resolution)),
+      "caption": scene.caption,
+      "objects": {
+          "shape": [o.shape for o in objects],
+          "color": [o.color for o in objects],
+          "size": [o.size for o in objects],
+          "row": [o.row for o in objects],
+          "col": [o.col for o in objects],
+      },
+  }
+
+
+class Shapes(tfds.core.GeneratorBasedBuilder):
+  """Procedural shapes with exact captions (docs/shapes.md)."""
+
+  VERSION = tfds.core.Version(shapes.VERSION)
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [ShapesConfig.make(r) for r in shapes.RESOLUTIONS]
+  DEFAULT_CONFIG_NAME = config_name(64, **{f"{k}_size": v
+                                            for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    r = self.builder_config.resolution
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(r, r, 3), dtype=np.uint8, encoding_format="png"),
+            "caption": tfds.features.Text(),
+            "objects": tfds.features.Sequence({
+                "shape": tfds.features.ClassLabel(names=shapes.SHAPES),
+                "color": tfds.features.ClassLabel(names=shapes.COLOR_NAMES),
+                "size": tfds.features.ClassLabel(names=shapes.SIZES),
+                "row": tfds.features.Scalar(dtype=np.int32),
+                "col": tfds.features.Scalar(dtype=np.int32),
+            }),
+        }),
+        supervised_keys=("caption", "image"),
+        homepage="docs/shapes.md",
+        # Record i is example i: deterministic files, regenerable records.
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {split: self._generate_examples(split, size)
+            for split, size in self.builder_config.split_sizes().items()}
+
+  def _generate_examples(self, split: str, size: int) -> Iterator[tuple[int, dict]]:
+    resolution = self.builder_config.resolution
+    for index in range(size):
+      yield index, tfds_example(split, index, resolution)
+
+
+def shapes_builder(data_dir: str | os.PathLike, resolution: int = 64,
+                   train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
+                   validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
+                   heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]) -> Shapes:
+  """The builder for this config under `data_dir` (not built yet, maybe)."""
+  config = ShapesConfig.make(resolution, train_size, validation_size, heldout_size)
+  # tfds wants the registered configs by name (it rejects an equal custom one).
+  config = config.name if config.name in Shapes.builder_configs else config
+  return Shapes(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+
+
+def prepare_shapes(data_dir: str | os.PathLike, resolution: int = 64,
+                   train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
+                   validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
+                   heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"],
+                   progress: bool = True) -> Shapes:
+  """Builds `shapes` under `data_dir` if it is not there yet; returns the builder.
+
+  Read it with `builder.as_data_source(split)` (random access, for Grain) or
+  `tfds.data_source(f"shapes/{builder.builder_config.name}", data_dir=data_dir)`.
+  Raises ValueError for a bad resolution or split size.
+  """
+  builder = shapes_builder(data_dir, resolution, train_size, validation_size, heldout_size)
+  if builder.is_prepared():
+    return builder
+  hide_gpus_from_tf()
+  was_active = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(progress)
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  finally:
+    tfds.display_progress_bar(was_active)
+  hide_gpus_from_tf()
+  return builder
