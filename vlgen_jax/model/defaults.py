@@ -40,21 +40,50 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return m
 
 
-def data_config(**overrides) -> ml_collections.ConfigDict:
-  d = ml_collections.ConfigDict({
-      "source": "synthetic",      # synthetic | tokens
-      # Ids of the empty caption (then text_pad_id), used by condition dropout
-      # and classifier-free guidance. Synthetic data: BOS=1, EOS=2.
-      "empty_caption": synthetic.EMPTY_CAPTION,
-      "synthetic": synthetic.default_config(),
-  })
+def data_config(source: str = "synthetic", **overrides) -> ml_collections.ConfigDict:
+  """`config.data`: the input pipeline's fields (vlgen_jax/data/pipeline.py) plus
+  `source="synthetic"` (vlgen_jax/model/synthetic.py) and the empty caption."""
+  from vlgen_jax.data.pipeline import default_data_config
+  d = default_data_config()
+  # synthetic: generated captions/tokens (tests, debugging); tokens: a
+  # `vlgen encode` token dataset in data_dir, captions tokenized with
+  # data.tokenizer to data.max_text_len (= model.text_length) ids.
+  d.source = source
+  # Ids of the empty caption (then the pad id), used by condition dropout
+  # and classifier-free guidance: BOS, EOS of vlgen_jax.text.tokenizer.
+  d.empty_caption = synthetic.EMPTY_CAPTION
+  d.synthetic = synthetic.default_config()
   d.update(overrides)
   return d
 
 
-def t2i_config() -> ml_collections.ConfigDict:
+def t2i_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   c = trainer_config()
   c.task = "t2i"
   c.model = model_config()
-  c.data = data_config()
+  c.data = data_config(source, max_text_len=c.model.text_length)
+  return c
+
+
+def parti_config(*, encoder_layers: int, decoder_layers: int, d_model: int, mlp_dim: int,
+                 num_heads: int) -> ml_collections.ConfigDict:
+  """A Parti-paper model (Yu et al. 2022, Table 1) on a `vlgen encode` token dataset.
+
+  16k SentencePiece vocabulary, 128 text tokens, 8192 image codes, 32x32
+  image tokens (256 px through a ViT-VQGAN-style tokenizer at stride 8).
+  Set --config.data.data_dir and --config.data.tokenizer to train.
+  """
+  c = t2i_config("tokens")
+  c.model.update(text_vocab_size=16384, text_length=128, image_vocab_size=8192,
+                 image_grid=(32, 32), d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
+                 encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=0.0)
+  c.data.max_text_len = 128
+  c.total_steps = 450_000
+  c.log_every = 100
+  c.eval_every = 5000
+  c.eval_steps = 20
+  c.checkpoint_every = 2000
+  c.optimizer.update(name="adafactor", learning_rate=4.5e-4, schedule="linear",
+                     warmup_steps=5000, end_lr_ratio=0.1, b1=0.9, b2=0.96,
+                     weight_decay=0.0, grad_clip_norm=1.0)
   return c

@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 
 from vlgen_jax.errors import UserError
+from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID
 
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-FIRST_WORD_ID = 3
+FIRST_WORD_ID = NUM_SPECIAL  # same special ids as the SentencePiece tokenizer
 EMPTY_CAPTION = (BOS_ID, EOS_ID)  # then PAD_ID up to the text length
 BLANK_CODE = 0
 SPLITS = {"train": 0, "validation": 1}
