@@ -161,7 +161,11 @@ def _tfds_source(data_config, split):
 # ---- per-record processing -----------------------------------------------
 
 class ImageTextProcessor:
-  """Raw record -> (example | None, events). Never raises for bad data."""
+  """Raw record -> (example | None, events). Never raises for bad data.
+
+  Checks run cheapest first: image present, caption valid, image decodes; a
+  record is counted under the first reason that fails.
+  """
 
   def __init__(self, resolution: int, tokenizer=None, max_text_len: int = 32):
     self.resolution = resolution
