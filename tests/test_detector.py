@@ -203,3 +203,20 @@ def test_bad_inputs_raise_value_error():
     shapes_detector.detect(np.zeros((64, 64, 3), np.float32))
   with pytest.raises(ValueError, match="parse"):
     fidelity.score(image, "a red blob")
+
+
+def test_classify_pixels_equals_its_definition(train_records):
+  # Reference: nearest ray {a c} over all colors, computed on every pixel with
+  # an explicit (H, W, C, 3) difference; the detector skips dark pixels.
+  palette = np.array([shapes.COLORS[c] for c in shapes.COLOR_NAMES], np.float64)
+  images = (_corrupt([r["image"] for r in train_records[:10]], "noise", 30.0) +
+            _corrupt([r["image"] for r in train_records[10:20]], "blur", 1.5))
+  for image in images:
+    p = image.astype(np.float64)
+    alpha = (p[:, :, None, :] * palette).sum(-1) / (palette**2).sum(-1)
+    dist = np.linalg.norm(p[:, :, None, :] - np.minimum(alpha, 1)[..., None] * palette, axis=-1)
+    nearest = dist.argmin(-1)
+    ok = ((np.take_along_axis(alpha, nearest[..., None], -1)[..., 0] >= 0.5) &
+          (np.take_along_axis(dist, nearest[..., None], -1)[..., 0] <= 80.0))
+    np.testing.assert_array_equal(shapes_detector.classify_pixels(image),
+                                  np.where(ok, nearest, -1))

@@ -286,6 +286,9 @@ def test_cli_builds_and_summarises(tmp_path, capsys):
   hist = re.search(r"objects per example \(train\): 1 object: (\d+) .*2 objects: (\d+)", out)
   assert hist and int(hist[1]) + int(hist[2]) == 40
   assert int(hist[1]) == sum(len(shapes.sample_scene("train", i).objects) == 1 for i in range(40))
+  assert re.search(r"\(train\):.*with a held-out pair: 0/40\n", out)
+  assert re.search(r"\(validation\):.*with a held-out pair: 0/6\n", out)
+  assert re.search(r"\(heldout\):.*with a held-out pair: 6/6\n", out)
   grid = tmp_path / f"shapes-{name}-train-grid.png"
   assert str(grid) in out
   assert Image.open(grid).size == (2 * (8 * 34 + 2), 2 * (5 * 34 + 2))  # 40 images: 5 rows

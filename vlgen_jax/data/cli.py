@@ -54,23 +54,31 @@ def write_grid(images, path: str, scale: int = 2) -> None:
   Image.fromarray(grid).save(path)
 
 
-def _object_counts(builder, split: str, progress: bool) -> collections.Counter:
-  """Histogram of objects per example, read back from the written records."""
+def _split_stats(builder, split: str, progress: bool):
+  """(objects-per-example histogram, # examples with a held-out pair), from the records."""
   import tensorflow_datasets as tfds
   from tqdm import tqdm
+  from vlgen_jax.data import shapes
   source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-  counts = collections.Counter()
+  counts, with_heldout = collections.Counter(), 0
+  heldout_pairs = set(shapes.HELDOUT_PAIRS)
   for start in tqdm(range(0, len(source), _READ_CHUNK), desc=f"reading {split}",
                     unit="k examples", disable=not progress, leave=False):
     indices = range(start, min(start + _READ_CHUNK, len(source)))
     for record in source.__getitems__(list(indices)):
-      counts[len(record["objects"]["shape"])] += 1
-  return counts
+      objects = shapes.objects_from_features(record["objects"])
+      counts[len(objects)] += 1
+      with_heldout += any((o.color, o.shape) in heldout_pairs for o in objects)
+  return counts, with_heldout
 
 
 def run_shapes(args) -> int:
+  from absl import logging as absl_logging
   from vlgen_jax.data import shapes
   from vlgen_jax.data import shapes_tfds
+  # tfds logs warnings that are noise here (a variant folder not built yet,
+  # OpenCV missing for PNG decoding); errors still show.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   sizes = {split: _positive(f"{split}-size", getattr(args, f"{split}_size"))
            for split in shapes.SPLITS}
   start = time.perf_counter()
@@ -96,11 +104,12 @@ def run_shapes(args) -> int:
   for i in range(min(4, len(train))):
     print(f"    {i}: {train[i]['caption'].decode()}")
   for split in shapes.SPLITS:
-    counts = _object_counts(builder, split, progress=True)
+    counts, with_heldout = _split_stats(builder, split, progress=True)
     total = sum(counts.values())
     hist = ", ".join(f"{k} object{'s' if k > 1 else ''}: {v} ({v / total:.1%})"
                      for k, v in sorted(counts.items()))
-    print(f"  objects per example ({split}): {hist}")
+    print(f"  objects per example ({split}): {hist}; "
+          f"with a held-out pair: {with_heldout}/{total}")
   grid_path = os.path.join(os.fspath(args.data_dir), f"shapes-{config.name}-train-grid.png")
   write_grid((train[i]["image"] for i in range(min(_GRID_SIDE**2, len(train)))), grid_path)
   print(f"  preview of the first {min(_GRID_SIDE**2, len(train))} train images: {grid_path}")

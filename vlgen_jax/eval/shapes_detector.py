@@ -36,6 +36,7 @@ from scipy import ndimage
 from vlgen_jax.data import shapes
 
 _PALETTE = np.array([shapes.COLORS[c] for c in shapes.COLOR_NAMES], np.float32)
+_PALETTE_NORM2 = (_PALETTE**2).sum(-1)
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 # Halfway between the small (12 px) and large (22 px) box sides, at 64 px.
@@ -93,15 +94,23 @@ def classify_pixels(image: np.ndarray, max_color_distance: float = 80.0,
   <= `max_color_distance`; anything else is background. (Gating before picking
   the nearest ray would let a dim white edge, gray, pass as purple.)
   """
-  image = _check_image(image).astype(np.float32)
-  colors = _PALETTE
-  alpha = image @ colors.T / (colors**2).sum(-1)  # (H, W, C)
-  alpha_c = np.minimum(alpha, 1.0)[..., None]  # brighter than the palette: compare with c itself
-  dist2 = ((image[:, :, None, :] - alpha_c * colors) ** 2).sum(-1)
-  nearest = dist2.argmin(-1)[..., None]
+  image = _check_image(image)
+  pixels = image.reshape(-1, 3).astype(np.float32)
+  norm2 = (pixels * pixels).sum(-1)
+  # a >= min_intensity needs |p| >= min_intensity * |c| (Cauchy-Schwarz): only
+  # pixels that bright can be foreground, so skip the (mostly black) rest.
+  candidates = np.nonzero(norm2 >= min_intensity**2 * _PALETTE_NORM2.min())[0]
+  p, p_norm2 = pixels[candidates], norm2[candidates, None]
+  dots = p @ _PALETTE.T  # (N, C): <p, c>
+  alpha = dots / _PALETTE_NORM2
+  a = np.minimum(alpha, 1.0)  # brighter than the palette: compare with c itself
+  dist2 = p_norm2 - 2 * a * dots + a * a * _PALETTE_NORM2  # |p - a c|^2
+  nearest = dist2.argmin(-1)[:, None]
   keep = ((np.take_along_axis(alpha, nearest, -1) >= min_intensity) &
-          (np.take_along_axis(dist2, nearest, -1) <= max_color_distance**2))[..., 0]
-  return np.where(keep, nearest[..., 0], -1)
+          (np.take_along_axis(dist2, nearest, -1) <= max_color_distance**2))[:, 0]
+  labels = np.full(pixels.shape[0], -1, np.int64)
+  labels[candidates] = np.where(keep, nearest[:, 0], -1)
+  return labels.reshape(image.shape[:2])
 
 
 def _classify_shape(component: np.ndarray) -> tuple[str, float]:
