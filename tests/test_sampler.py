@@ -1,0 +1,138 @@
+"""Sampler: filtering rules, greedy limits, CFG, seeds, padded ids, cache vs
+full recompute, and sharded == single device."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlgen_jax.config import load_config
+from vlgen_jax.errors import UserError
+from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.model.t2i import Model
+from vlgen_jax.model.task import empty_caption_ids
+from vlgen_jax.sample import sampler
+from vlgen_jax.sample.sampler import SamplingOptions
+from vlgen_jax.train import sharding
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = load_config("configs/t2i_tiny.py", ["--config.dtype=float32"])
+  spec = ModelSpec.from_config(config)
+  model = Model(spec)
+  rng = np.random.default_rng(0)
+  text = rng.integers(4, spec.text_vocab_size, (6, spec.text_length)).astype(np.int32)
+  text[:, -2:] = spec.text_pad_id  # some padding in every caption
+  boxed = model.init(jax.random.key(0), jnp.asarray(text),
+                     jnp.zeros((6, spec.num_image_tokens), jnp.int32))["params"]
+  params = sharding.unbox(boxed)
+  # Sharper logits than at init, so sampling is not near-uniform and seeds,
+  # top-k and top-p make visible differences.
+  params = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params)
+  return dict(config=config, spec=spec, model=model, params=params, boxed=boxed,
+              text=jnp.asarray(text), empty=empty_caption_ids(config))
+
+
+def _run(tiny, options, *, seed=0, cached=True, text=None, **kw):
+  text = tiny["text"] if text is None else text
+  keys = sampler.image_keys(seed, 0, text.shape[0])
+  fn = sampler.sample_tokens if cached else sampler.sample_tokens_full_recompute
+  fn = jax.jit(functools.partial(fn, tiny["model"], options=options,
+                                 empty_caption=tiny["empty"], **kw))
+  return np.asarray(fn(tiny["params"], text, keys))
+
+
+def test_top_p_keeps_exactly_the_smallest_nucleus():
+  probs = np.array([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
+  logits = jnp.log(jnp.asarray(probs))
+  kept = lambda p: np.isfinite(np.asarray(sampler.filter_logits(logits, top_p=p)))  # noqa: E731
+  np.testing.assert_array_equal(kept(0.5), [[1, 0, 0, 0], [0, 0, 0, 1]])
+  np.testing.assert_array_equal(kept(0.7), [[1, 1, 0, 0], [0, 0, 1, 1]])
+  np.testing.assert_array_equal(kept(0.79), [[1, 1, 0, 0], [0, 0, 1, 1]])
+  np.testing.assert_array_equal(kept(0.81), [[1, 1, 1, 0], [0, 1, 1, 1]])
+  np.testing.assert_array_equal(kept(1.0), np.ones((2, 4)))
+  # top-k and top-p together: the intersection.
+  both = np.isfinite(np.asarray(sampler.filter_logits(logits, top_k=1, top_p=0.9)))
+  np.testing.assert_array_equal(both, [[1, 0, 0, 0], [0, 0, 0, 1]])
+
+
+def test_top_p_samples_only_from_the_nucleus():
+  logits = jnp.log(jnp.asarray([[0.4, 0.35, 0.2, 0.05]] * 4000))
+  keys = sampler.image_keys(3, 0, 4000)
+  tokens = np.asarray(sampler.pick_tokens(logits, keys, SamplingOptions(top_p=0.7)))
+  counts = np.bincount(tokens, minlength=4) / tokens.size
+  assert counts[2] == 0 and counts[3] == 0
+  np.testing.assert_allclose(counts[:2], [0.4 / 0.75, 0.35 / 0.75], atol=0.03)
+
+
+def test_top_k_1_and_temperature_to_zero_equal_greedy(tiny):
+  greedy = _run(tiny, SamplingOptions(temperature=0.0))
+  np.testing.assert_array_equal(_run(tiny, SamplingOptions(top_k=1, temperature=1.0), seed=5), greedy)
+  np.testing.assert_array_equal(_run(tiny, SamplingOptions(temperature=1e-6), seed=7), greedy)
+
+
+def test_cfg_scale_one_equals_conditional_sampling(tiny):
+  plain = _run(tiny, SamplingOptions(temperature=1.0))
+  guided = _run(tiny, SamplingOptions(temperature=1.0, cfg_scale=1.0), force_guidance=True)
+  np.testing.assert_array_equal(guided, plain)
+  # And a real guidance scale changes the images.
+  assert (_run(tiny, SamplingOptions(temperature=1.0, cfg_scale=3.0)) != plain).any()
+
+
+def test_seeds(tiny):
+  opts = SamplingOptions(temperature=1.0)
+  a, b, c = _run(tiny, opts, seed=1), _run(tiny, opts, seed=1), _run(tiny, opts, seed=2)
+  np.testing.assert_array_equal(a, b)
+  assert all((a[i] != c[i]).any() for i in range(len(a)))
+  # An image depends on its own key, not on the batch it is sampled in.
+  keys = sampler.image_keys(1, 0, 6)
+  fn = jax.jit(functools.partial(sampler.sample_tokens, tiny["model"], options=opts))
+  one = np.asarray(fn(tiny["params"], tiny["text"][2:3], keys[2:3]))
+  np.testing.assert_array_equal(one[0], a[2])
+
+
+def test_padded_ids_never_sampled(tiny):
+  spec = tiny["spec"]
+  tokens = _run(tiny, SamplingOptions(temperature=50.0), seed=3)  # near-uniform over all logits
+  assert tokens.min() >= 0 and tokens.max() < spec.image_vocab_size
+  assert len(np.unique(tokens)) > spec.image_vocab_size // 2
+
+
+@pytest.mark.parametrize("options", [SamplingOptions(temperature=0.0),
+                                     SamplingOptions(temperature=1.0, top_k=8, top_p=0.9,
+                                                     cfg_scale=2.0, cfg_schedule="linear")])
+def test_cached_equals_full_recompute(tiny, options):
+  np.testing.assert_array_equal(_run(tiny, options, seed=4),
+                                _run(tiny, options, seed=4, cached=False))
+
+
+def test_sharded_sampling_equals_single_device(tiny):
+  from vlgen_jax.train import mesh as mesh_lib
+  config = tiny["config"]
+  opts = SamplingOptions(temperature=1.0, top_k=16, cfg_scale=2.0)
+  text = jnp.concatenate([tiny["text"], tiny["text"][:2]])  # 8 rows
+  expected = _run(tiny, opts, seed=9, text=text)
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  mesh = mesh_lib.create_mesh(config)
+  rules = sharding.logical_axis_rules(config)
+  shardings = sharding.logical_to_shardings(sharding.logical_specs(tiny["boxed"]), mesh, rules)
+  params = jax.device_put(tiny["params"], shardings)
+  fn = sampler.make_sampler(tiny["model"], opts, empty_caption=tiny["empty"], mesh=mesh,
+                            param_shardings=shardings, logical_axis_rules=rules)
+  got = fn(params, text, sampler.image_keys(9, 0, 8))
+  assert len(got.sharding.device_set) == 8
+  np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(top_p=0.0), "top-p must be in \\(0, 1\\]"),
+    (dict(top_p=1.5), "top-p must be in \\(0, 1\\]"),
+    (dict(top_k=-1), "top-k must be a non-negative integer"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(cfg_schedule="cosine"), "cfg schedule must be one of"),
+])
+def test_invalid_options(kwargs, message):
+  with pytest.raises(UserError, match=message):
+    SamplingOptions(**kwargs).validate()

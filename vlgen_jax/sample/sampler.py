@@ -1,0 +1,204 @@
+"""Autoregressive image-token sampling: one jit-compiled `lax.scan` over tokens.
+
+Per prompt the text is encoded once and the decoder's cross-attention K/V are
+computed once (`Model.init_cache`); each step runs `Model.decode_step` on one
+token against a static-size self-attention cache. Classifier-free guidance
+runs the conditional and unconditional (empty-caption) rows as one batch of
+2B and mixes logits as `uncond + scale_t * (cond - uncond)`.
+
+Randomness is per image: image i draws its token t from
+`fold_in(key_i, t)`, so an image depends only on its own key and prompt, not
+on the batch it was sampled in or on its neighbours.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlgen_jax.errors import UserError
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """How each image token is drawn. Hashable: a static argument of the jit."""
+  temperature: float = 1.0     # 0 = greedy (argmax).
+  top_k: int = 0               # 0 = off; keep the k most likely codes.
+  top_p: float = 1.0           # 1 = off; keep the smallest nucleus with mass >= p.
+  cfg_scale: float = 1.0       # 1 = plain conditional sampling.
+  cfg_schedule: str = "constant"  # "linear": scale ramps from 1 at the first token to cfg_scale.
+
+  def validate(self) -> "SamplingOptions":
+    if not np.isfinite(self.temperature) or self.temperature < 0:
+      raise UserError(f"temperature must be >= 0, got {self.temperature}")
+    if int(self.top_k) != self.top_k or self.top_k < 0:
+      raise UserError(f"top-k must be a non-negative integer, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+    if not np.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+      raise UserError(f"cfg scale must be >= 0, got {self.cfg_scale}")
+    if self.cfg_schedule not in CFG_SCHEDULES:
+      raise UserError(f"cfg schedule must be one of {', '.join(CFG_SCHEDULES)}, "
+                      f"got {self.cfg_schedule!r}")
+    return self
+
+  @property
+  def guided(self) -> bool:
+    return self.cfg_scale != 1.0
+
+
+def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
+  """Sets logits outside the top-k and outside the top-p nucleus to -inf.
+
+  The nucleus is the smallest set of most likely ids whose probability mass
+  is >= top_p: an id is kept when the mass strictly before it (in descending
+  order) is < top_p.
+  """
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < top_p
+    # Smallest kept logit; ties with it are kept too (they are equally likely).
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def pick_tokens(logits, keys, options: SamplingOptions):
+  """logits (B, V) fp32, keys (B,) -> token ids (B,) int32."""
+  if options.temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / options.temperature, top_k=options.top_k, top_p=options.top_p)
+  draw = jax.vmap(lambda k, l: jax.random.categorical(k, l))
+  return draw(keys, logits).astype(jnp.int32)
+
+
+def guidance_scale(options: SamplingOptions, position, num_tokens: int):
+  if options.cfg_schedule == "linear" and num_tokens > 1:
+    return 1.0 + (options.cfg_scale - 1.0) * position / (num_tokens - 1)
+  return jnp.float32(options.cfg_scale)
+
+
+def image_keys(seed: int, first_index: int, count: int):
+  """Keys of images `first_index ..` of a run with `seed` (independent of batching)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(
+      jnp.arange(first_index, first_index + count, dtype=jnp.uint32))
+
+
+def _with_unconditional(text_ids, empty_caption):
+  empty = jnp.broadcast_to(jnp.asarray(empty_caption[:text_ids.shape[1]], text_ids.dtype),
+                           text_ids.shape)
+  return jnp.concatenate([text_ids, empty], axis=0)
+
+
+def _mix(logits, batch: int, guided: bool, options: SamplingOptions, position, num_tokens: int):
+  if not guided:
+    return logits
+  cond, uncond = logits[:batch], logits[batch:]
+  return uncond + guidance_scale(options, position, num_tokens) * (cond - uncond)
+
+
+def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
+                  empty_caption=None, force_guidance: bool = False):
+  """text_ids (B, L) int32, keys (B,) -> image tokens (B, N) int32, with the KV cache.
+
+  Pure and traceable: wrap with `jax.jit` (see `make_sampler`) with `model`,
+  `options` and `empty_caption` static / closed over. `force_guidance` runs
+  the 2B guided batch even at scale 1 (tests check it equals plain sampling).
+  """
+  from vlgen_jax.model.t2i import Model
+  spec = model.spec
+  batch = text_ids.shape[0]
+  num_tokens = spec.num_image_tokens
+  guided = options.guided or force_guidance
+  if guided:
+    if empty_caption is None:
+      raise UserError("classifier-free guidance needs the empty caption ids")
+    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  variables = {"params": params}
+  encoded, text_mask = model.apply(variables, text_ids, method=Model.encode_text)
+  cache = model.apply(variables, encoded, text_mask, method=Model.init_cache)
+
+  def step(carry, position):
+    token, cache = carry
+    inputs = jnp.concatenate([token, token]) if guided else token
+    logits, cache = model.apply(variables, inputs, position, cache, method=Model.decode_step)
+    logits = _mix(logits, batch, guided, options, position, num_tokens)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
+    nxt = pick_tokens(logits, step_keys, options)
+    return (nxt, cache), nxt
+
+  bos = jnp.full((batch,), spec.image_bos_id, jnp.int32)
+  positions = jnp.arange(num_tokens, dtype=jnp.int32)
+  _, tokens = jax.lax.scan(step, (bos, cache), positions)
+  return tokens.T
+
+
+def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: SamplingOptions,
+                                 empty_caption=None):
+  """The same sampler without any cache: every step re-runs the full forward
+  (text encoder included) on the whole static-length sequence. The reference
+  the cached sampler is checked and benchmarked against."""
+  spec = model.spec
+  batch = text_ids.shape[0]
+  num_tokens = spec.num_image_tokens
+  if options.guided:
+    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  variables = {"params": params}
+
+  def step(tokens, position):
+    inputs = jnp.concatenate([tokens, tokens]) if options.guided else tokens
+    logits = model.apply(variables, text_ids, inputs, train=False)
+    logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
+    logits = _mix(logits, batch, options.guided, options, position, num_tokens)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
+    nxt = pick_tokens(logits, step_keys, options)
+    return jax.lax.dynamic_update_index_in_dim(tokens, nxt, position, axis=1), None
+
+  tokens = jnp.zeros((batch, num_tokens), jnp.int32)
+  tokens, _ = jax.lax.scan(step, tokens, jnp.arange(num_tokens, dtype=jnp.int32))
+  return tokens
+
+
+def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached: bool = True,
+                 mesh=None, param_shardings=None, logical_axis_rules=None):
+  """Returns jitted `fn(params, text_ids, keys) -> tokens`.
+
+  With a `mesh`, the batch is sharded over the data-parallel axes and params
+  keep `param_shardings` (as trained), so a model larger than one device
+  samples too; the batch must be a multiple of the data-parallel size (the
+  caller pads, see `pad_batch`).
+  """
+  options.validate()
+  fn = sample_tokens if cached else sample_tokens_full_recompute
+  fn = functools.partial(fn, model, options=options,
+                         empty_caption=None if empty_caption is None else np.asarray(empty_caption))
+  if mesh is None:
+    return jax.jit(fn)
+  from vlgen_jax.train import sharding
+  rows = sharding.batch_sharding(mesh)
+  jitted = jax.jit(fn, in_shardings=(param_shardings, rows, rows), out_shardings=rows)
+
+  def run(params, text_ids, keys):
+    with sharding.mesh_context(mesh, logical_axis_rules or ()):
+      return jitted(params, text_ids, keys)
+  return run
+
+
+def pad_batch(text_ids: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
+  """Pads rows (repeating the last) to a multiple; returns (padded, real rows)."""
+  n = text_ids.shape[0]
+  extra = (-n) % multiple
+  if extra:
+    text_ids = np.concatenate([text_ids, np.repeat(text_ids[-1:], extra, axis=0)])
+  return text_ids, n
