@@ -252,6 +252,18 @@ def test_prepare_reuses_a_finished_build(tmp_path):
   assert other.as_data_source("train")[0]["image"].shape == (32, 32, 3)
 
 
+def test_config_name_encodes_its_fields():
+  from vlgen_jax.data import shapes_tfds
+  config = shapes_tfds.ShapesConfig(resolution=32, train_size=1000)
+  assert config.name == "res32_train1000_val2000_heldout2000"
+  assert shapes_tfds.Shapes.builder_configs[
+      "res128_train50000_val2000_heldout2000"].resolution == 128
+  with pytest.raises(ValueError, match="does not match"):
+    shapes_tfds.ShapesConfig(name="tiny", resolution=32)
+  with pytest.raises(ValueError, match="heldout size"):
+    shapes_tfds.ShapesConfig(heldout_size=-1)
+
+
 def test_bad_config_is_a_value_error(tmp_path):
   from vlgen_jax.data import shapes_tfds
   with pytest.raises(ValueError, match="resolution"):

@@ -44,27 +44,32 @@ def config_name(resolution: int, train_size: int, validation_size: int, heldout_
 
 @dataclasses.dataclass(eq=False)
 class ShapesConfig(tfds.core.BuilderConfig):
-  """Resolution and split sizes; the name encodes them, so each lives in its own directory."""
+  """Resolution and split sizes, e.g. `ShapesConfig(resolution=32, train_size=1000)`.
+
+  The name is derived from them (pass none), so every config lives in its own
+  directory. Raises ValueError for a bad resolution or size.
+  """
+  name: str = ""
   resolution: int = 64
   train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"]
   validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"]
   heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]
 
-  @classmethod
-  def make(cls, resolution: int = 64, train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
-           validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
-           heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]) -> "ShapesConfig":
-    shapes.check_resolution(resolution)
-    for split, size in (("train", train_size), ("validation", validation_size),
-                        ("heldout", heldout_size)):
-      if not isinstance(size, (int, np.integer)) or size < 1:
+  def __post_init__(self):
+    shapes.check_resolution(self.resolution)
+    for split, size in self.split_sizes().items():
+      if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"{split} size must be a positive int, got {size!r}")
-    return cls(
-        name=config_name(resolution, train_size, validation_size, heldout_size),
-        description=(f"{resolution}x{resolution} px; train {train_size}, validation "
-                     f"{validation_size}, heldout {heldout_size} examples"),
-        resolution=int(resolution), train_size=int(train_size),
-        validation_size=int(validation_size), heldout_size=int(heldout_size))
+    sizes = {k: int(v) for k, v in self.split_sizes().items()}
+    self.train_size, self.validation_size, self.heldout_size = (
+        sizes["train"], sizes["validation"], sizes["heldout"])
+    expected = config_name(self.resolution, *sizes.values())
+    if self.name and self.name != expected:
+      raise ValueError(f"config name {self.name!r} does not match its fields ({expected!r})")
+    self.name = expected
+    self.description = self.description or (
+        f"{self.resolution}x{self.resolution} px; train {sizes['train']}, validation "
+        f"{sizes['validation']}, heldout {sizes['heldout']} examples")
 
   def split_sizes(self) -> dict[str, int]:
     return {"train": self.train_size, "validation": self.validation_size,
@@ -101,7 +106,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version(shapes.VERSION)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [ShapesConfig.make(r) for r in shapes.RESOLUTIONS]
+  BUILDER_CONFIGS = [ShapesConfig(resolution=r) for r in shapes.RESOLUTIONS]
   DEFAULT_CONFIG_NAME = config_name(64, **{f"{k}_size": v
                                             for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
 
@@ -142,7 +147,8 @@ def shapes_builder(data_dir: str | os.PathLike, resolution: int = 64,
                    validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
                    heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]) -> Shapes:
   """The builder for this config under `data_dir` (not built yet, maybe)."""
-  config = ShapesConfig.make(resolution, train_size, validation_size, heldout_size)
+  config = ShapesConfig(resolution=resolution, train_size=train_size,
+                        validation_size=validation_size, heldout_size=heldout_size)
   # tfds wants the registered configs by name (it rejects an equal custom one).
   config = config.name if config.name in Shapes.builder_configs else config
   return Shapes(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
