@@ -353,3 +353,30 @@ def test_all_bad_data_is_a_user_error():
   with pytest.raises(UserError, match="no usable record"):
     next(it)
   it.close()
+
+
+def test_tfds_fast_path_matches_tfds_decoding(shapes_config, shapes_data_dir):
+  import tensorflow_datasets as tfds
+  from vlgen_jax.data import shapes_tfds
+  source = pipeline.make_source(shapes_config, "validation")
+  assert source._raw  # pylint: disable=protected-access
+  builder = shapes_tfds.prepare_shapes(shapes_data_dir, 64, 512, 64, 64, progress=False)
+  reference = builder.as_data_source("validation",
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+  for i in (0, 17, 63):
+    assert source[i]["image"] == reference[i]["image"]
+    assert source[i]["caption"] == reference[i]["caption"]
+
+
+def test_unreadable_record_is_counted(tokenizer):
+  recs = [{"key": "0", "image": _png(1), "caption": b"record 0"},
+          {"key": "1", "image": None, "caption": None, "error": decode.BAD_RECORD},
+          {"key": "2", "image": _png(2), "caption": b"record 2"}]
+  cfg = pipeline.default_data_config()
+  cfg.source, cfg.resolution, cfg.prefetch = "folder", 8, 0
+  it = pipeline.make_iterator(cfg, split="train", batch_size=1, seed=0, train=False,
+                              process_index=0, process_count=1, tokenizer=tokenizer,
+                              source=ListSource(recs))
+  assert len(list(it)) == 2
+  assert it.stats()[decode.BAD_RECORD] == 1 and it.stats()["skipped"] == 1
+  it.close()

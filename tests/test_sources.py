@@ -347,3 +347,27 @@ def test_model_range_round_trip():
   y = decode.to_model_range(x)
   assert y.dtype == np.float32 and y.min() == -1.0 and y.max() == 1.0
   np.testing.assert_array_equal(decode.from_model_range(y), x)
+
+
+def test_tfds_example_fields_and_feature_paths():
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.proto import tf_example_pb2
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "captions": tfds.features.Sequence({"id": np.int64, "text": tfds.features.Text()}),
+  })
+  text, depth = sources._feature_path(features, "captions/text")  # pylint: disable=protected-access
+  assert isinstance(text, tfds.features.Text) and depth == 1
+  assert sources._feature_path(features, "image")[1] == 0  # pylint: disable=protected-access
+  # coco_captions-style record: several captions under a flattened key.
+  ex = tf_example_pb2.Example()
+  ex.features.feature["image"].bytes_list.value.append(b"png bytes")
+  ex.features.feature["captions/text"].bytes_list.value.extend([b"a cat", b"a dog"])
+  ex.features.feature["captions/id"].int64_list.value.extend([1, 2])
+  data = ex.SerializeToString()
+  assert sources.example_fields(data, "image", "captions/text", True) == {
+      "image": b"png bytes", "caption": [b"a cat", b"a dog"]}
+  assert sources.example_fields(data, "image", "missing", False) == {
+      "image": b"png bytes", "caption": None}
+  with pytest.raises(Exception):
+    sources.example_fields(b"\xff\xff\xff", "image", "caption", False)

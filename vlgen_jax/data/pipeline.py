@@ -175,6 +175,8 @@ class ImageTextProcessor:
   def __call__(self, raw: dict, rng: np.random.Generator | None = None):
     events = []
     try:
+      if raw.get("error"):
+        raise BadRecord(raw["error"], raw.get("detail", ""))
       if raw.get("image") is None:
         raise BadRecord(decode.MISSING_FILE, "no image")
       example = {}

@@ -3,7 +3,8 @@
 Every source implements Grain's `RandomAccessDataSource` protocol
 (`__len__`, `__getitem__`) and returns *raw* records,
 `{"key": str, "image": bytes | array | None, "caption": Any | None}`, where
-`None` means the file is missing. Decoding and validation happen later in the
+`None` means the file is missing, plus `"error": reason` for a record that
+could not be read at all. Decoding and validation happen later in the
 pipeline, so a bad record becomes a counted skip instead of an exception
 (see decode.py).
 
@@ -235,7 +236,15 @@ def get_feature(example: dict, path: str) -> Any:
 
 
 class TfdsSource:
-  """A prepared TFDS dataset read as ArrayRecord, image bytes left encoded."""
+  """A prepared TFDS dataset read as ArrayRecord, image bytes left encoded.
+
+  Fast path: when the image is an `Image` feature and the caption a `Text`
+  feature (top level, or inside one `Sequence` such as coco's
+  `captions/text`), records are read as raw `tf.train.Example` bytes and only
+  those two features are pulled out of the proto (~15x faster than tfds'
+  full numpy decoding of every feature). Other feature types take tfds'
+  decoding path. A record that fails to parse is served with `error` set.
+  """
 
   def __init__(self, name: str, split: str, data_dir: str | None, *,
                image_key: str | None, caption_key: str | None, download: bool = False,
@@ -253,23 +262,32 @@ class TfdsSource:
                       "(set data.download=True to let tfds prepare it)")
     features = builder.info.features
     self._image_key, self._caption_key = image_key, caption_key
-    decoders = {}
+    if image_key and "/" in image_key:
+      raise UserError(f"image_key must be a top-level feature, got {image_key!r}")
+    found = {}
     for key in (image_key, caption_key):
       if key:
         try:
-          get_feature(features, key)
+          found[key] = _feature_path(features, key)
         except (KeyError, TypeError):
           raise UserError(f"TFDS dataset {name!r} has no feature {key!r}; "
                           f"features: {sorted(features.keys())}") from None
-    if image_key and "/" in image_key:
-      raise UserError(f"image_key must be a top-level feature, got {image_key!r}")
-    # Images stay encoded: the one we use is decoded by decode.py (robust,
-    # counted), the others are never decoded at all.
-    for key, feature in features.items():
-      if isinstance(feature, tfds.features.Image):
-        decoders[key] = tfds.decode.SkipDecoding()
+    image_ok = not image_key or (isinstance(found[image_key][0], tfds.features.Image)
+                                 and found[image_key][1] == 0)
+    caption_ok = not caption_key or (isinstance(found[caption_key][0], tfds.features.Text)
+                                     and found[caption_key][1] <= 1)
+    self._caption_is_list = bool(caption_key) and found[caption_key][1] == 1
+    self._raw = image_ok and caption_ok
     try:
-      self._source = builder.as_data_source(split=split, decoders=decoders or None)
+      if self._raw:
+        self._source = builder.as_data_source(
+            split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+      else:
+        # Images stay encoded (decoded by decode.py, robustly and counted);
+        # images we don't use are never decoded.
+        decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items()
+                    if isinstance(f, tfds.features.Image)}
+        self._source = builder.as_data_source(split=split, decoders=decoders or None)
     except Exception as e:  # unknown split names raise ValueError/KeyError
       raise UserError(f"TFDS dataset {name!r} has no split {split!r}: "
                       f"{str(e).splitlines()[0]}") from None
@@ -279,16 +297,53 @@ class TfdsSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self._source[int(index)]
     out = {"key": str(index), "image": None, "caption": None}
-    if self._image_key:
-      out["image"] = ex[self._image_key]
-    if self._caption_key:
-      out["caption"] = get_feature(ex, self._caption_key)
+    try:
+      if self._raw:
+        out.update(example_fields(self._source[int(index)], self._image_key,
+                                  self._caption_key, self._caption_is_list))
+      else:
+        ex = self._source[int(index)]
+        if self._image_key:
+          out["image"] = ex[self._image_key]
+        if self._caption_key:
+          out["caption"] = get_feature(ex, self._caption_key)
+    except Exception as e:  # pylint: disable=broad-except
+      # A corrupt record (bad proto, bad tensor) is skipped and counted.
+      from vlgen_jax.data.decode import BAD_RECORD  # pylint: disable=g-import-not-at-top
+      out["error"] = BAD_RECORD
+      out["detail"] = f"{type(e).__name__}: {e}"
     return out
 
   def __repr__(self) -> str:
     return f"TfdsSource({self.info.full_name}, {len(self)} records)"
+
+
+def example_fields(data: bytes, image_key: str | None, caption_key: str | None,
+                   caption_is_list: bool) -> dict[str, Any]:
+  """Image bytes and caption(s) of a serialized `tf.train.Example` (TFDS's
+  record format; nested features are flattened to `a/b` keys)."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  feature = tf_example_pb2.Example.FromString(data).features.feature
+  out = {"image": None, "caption": None}
+  if image_key and image_key in feature:
+    values = feature[image_key].bytes_list.value
+    out["image"] = values[0] if values else None
+  if caption_key and caption_key in feature:
+    values = list(feature[caption_key].bytes_list.value)
+    out["caption"] = values if caption_is_list else (values[0] if values else None)
+  return out
+
+
+def _feature_path(features, path: str):
+  """(feature at `a/b`, number of Sequence levels above it)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  node, depth = features, 0
+  for part in path.split("/"):
+    while isinstance(node, tfds.features.Sequence):
+      node, depth = node.feature, depth + 1
+    node = node[part]
+  return node, depth
 
 
 _SLICE_RE = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
