@@ -308,9 +308,15 @@ def test_cli_builds_and_summarises(tmp_path, capsys):
   assert f"shapes {name} already built" in capsys.readouterr().out
 
 
-def test_cli_rejects_bad_sizes(tmp_path, capsys):
+def test_cli_rejects_bad_input(tmp_path, capsys):
   from vlgen_jax import cli
   assert cli.main(["data", "shapes", "--data-dir", str(tmp_path), "--train-size", "0"]) == 2
   assert "error: --train-size must be >= 1" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["data", "shapes", "--data-dir", str(tmp_path), "--resolution", "48"])
+  not_a_dir = tmp_path / "file"
+  not_a_dir.write_text("")
+  assert cli.main(["data", "shapes", "--data-dir", str(not_a_dir), "--train-size", "2",
+                   "--validation-size", "1", "--heldout-size", "1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith(f"error: cannot build shapes in {not_a_dir}")
