@@ -380,3 +380,24 @@ def test_unreadable_record_is_counted(tokenizer):
   assert len(list(it)) == 2
   assert it.stats()[decode.BAD_RECORD] == 1 and it.stats()["skipped"] == 1
   it.close()
+
+
+def test_orbax_checkpoint_round_trip(noisy, tmp_path):
+  # The trainer saves iterators with Grain's Orbax handler (one JSON per process).
+  import grain
+  import orbax.checkpoint as ocp
+  cfg, tok, source = noisy
+  it = _iterator(cfg, tok, source=source)
+  _take(it, 5)
+  manager = ocp.CheckpointManager(str(tmp_path), item_names=("data",))
+  manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)), force=True)
+  manager.wait_until_finished()
+  want = _take(it, 4)
+  want_stats = it.stats()
+  restored = _iterator(cfg, tok, source=source)
+  manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  _assert_same(_take(restored, 4), want)
+  assert restored.stats() == want_stats and want_stats["skipped"] > 0
+  manager.close()
+  it.close()
+  restored.close()
