@@ -252,8 +252,10 @@ def test_prepare_reuses_a_finished_build(tmp_path):
   assert other.as_data_source("train")[0]["image"].shape == (32, 32, 3)
 
 
-def test_config_name_encodes_its_fields():
+def test_config_name_encodes_its_fields(tmp_path):
   from vlgen_jax.data import shapes_tfds
+  default = shapes_tfds.Shapes(data_dir=str(tmp_path)).builder_config
+  assert default.name == "res64_train50000_val2000_heldout2000"
   config = shapes_tfds.ShapesConfig(resolution=32, train_size=1000)
   assert config.name == "res32_train1000_val2000_heldout2000"
   assert shapes_tfds.Shapes.builder_configs[

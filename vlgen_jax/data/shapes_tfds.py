@@ -107,8 +107,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version(shapes.VERSION)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [ShapesConfig(resolution=r) for r in shapes.RESOLUTIONS]
-  DEFAULT_CONFIG_NAME = config_name(64, **{f"{k}_size": v
-                                            for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
+  DEFAULT_BUILDER_CONFIG_NAME = config_name(64, **{f"{k}_size": v
+                                                    for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
 
   def _info(self) -> tfds.core.DatasetInfo:
     r = self.builder_config.resolution
