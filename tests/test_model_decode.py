@@ -1,0 +1,125 @@
+"""Cached step-by-step decoding equals the full forward; generation is consistent with it."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlgen_jax.model.generate import generate
+from vlgen_jax.model.image_decoder import MASKED_LOGIT
+from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.model.t2i import Model, decoder_inputs
+
+BASE = dict(text_vocab_size=100, text_length=8, text_pad_id=0, image_vocab_size=50,
+            image_grid=(3, 4), d_model=32, num_heads=4, head_dim=8, mlp_dim=64,
+            encoder_layers=2, decoder_layers=2, dtype="float32")
+VARIANTS = {
+    "learned": dict(image_positions="learned_2d", text_positions="learned"),
+    "rope": dict(image_positions="rope_2d", text_positions="rope", qk_norm=True,
+                 norm="layernorm", mlp="swiglu"),
+}
+EMPTY = np.array([2, 3, 0, 0, 0, 0, 0, 0], np.int32)
+
+
+def _text():
+  """Captions of 3 and 5 ids (padded) and of 8 ids (no padding)."""
+  text = np.random.default_rng(1).integers(4, 100, (3, 8)).astype(np.int32)
+  text[:, 0], text[:, -1] = 2, 3
+  text[0, 2], text[0, 3:] = 3, 0
+  text[1, 4], text[1, 5:] = 3, 0
+  return text
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(variant: str):
+  """Model, params and jitted entry points, compiled once per variant."""
+  spec = ModelSpec(**BASE, **VARIANTS[variant])
+  spec.validate()
+  model = Model(spec)
+  text = _text()
+  params = jax.jit(model.init)(jax.random.key(0), text, np.zeros((3, 12), np.int32))["params"]
+  fns = {
+      "forward": jax.jit(lambda p, t, i: model.apply({"params": p}, t, i)),
+      "encode": jax.jit(lambda p, t: model.apply({"params": p}, t, method=Model.encode_text)),
+      "init_cache": jax.jit(lambda p, e, m: model.apply({"params": p}, e, m,
+                                                        method=Model.init_cache)),
+      "step": jax.jit(lambda p, t, pos, c: model.apply({"params": p}, t, pos, c,
+                                                       method=Model.decode_step)),
+      "greedy": jax.jit(functools.partial(generate, model)),
+  }
+  return model, params, fns
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cached_decode_equals_full_forward(variant):
+  model, params, fns = _setup(variant)
+  k = model.spec.image_vocab_size
+  text = _text()
+  tokens = np.random.default_rng(2).integers(0, k, (3, 12)).astype(np.int32)
+  full = np.asarray(fns["forward"](params, text, tokens))
+
+  encoded, mask = fns["encode"](params, text)
+  cache = fns["init_cache"](params, encoded, mask)
+  cross_k = np.asarray(cache["cross_k"])
+  inputs = np.asarray(decoder_inputs(jnp.asarray(tokens), model.spec.image_bos_id))
+  steps = []
+  for position in range(12):
+    logits, cache = fns["step"](params, inputs[:, position], jnp.int32(position), cache)
+    steps.append(np.asarray(logits))
+  stepped = np.stack(steps, axis=1)
+  # Cross-attention K/V were computed once and passed through untouched.
+  np.testing.assert_array_equal(np.asarray(cache["cross_k"]), cross_k)
+
+  assert full.shape == stepped.shape == (3, 12, model.spec.image_vocab_padded)
+  real = full[..., :k]
+  # Per caption (rows 0-1 padded, row 2 not) and per position.
+  rel = np.max(np.abs(stepped[..., :k] - real), axis=2) / np.max(np.abs(real))
+  assert np.all(rel <= 1e-5), f"relative error per row and position:\n{rel}"
+  # BOS and vocabulary padding are never predicted.
+  assert np.all(full[..., k:] == MASKED_LOGIT) and np.all(stepped[..., k:] == MASKED_LOGIT)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_padding_is_ignored(variant):
+  """Fewer trailing pads (text length 6 instead of 8) leave padded captions' logits
+  unchanged; cutting a real caption id changes them."""
+  model, params, fns = _setup(variant)
+  text = _text()
+  tokens = np.random.default_rng(3).integers(0, 50, (3, 12)).astype(np.int32)
+  a = np.asarray(fns["forward"](params, text, tokens))
+  shorter = text[:, :6].copy()  # rows 0-1 lose two pads; row 2 loses two real ids
+  shorter[2, 5] = 3
+  b = np.asarray(fns["forward"](params, shorter, tokens))
+  np.testing.assert_allclose(b[:2], a[:2], rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(b[2] - a[2])) > 1e-3
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_greedy_generation_matches_full_forward_argmax(variant):
+  model, params, fns = _setup(variant)
+  text = _text()
+  tokens = np.asarray(fns["greedy"](params, text))
+  assert tokens.shape == (3, 12) and tokens.dtype == np.int32
+  assert tokens.min() >= 0 and tokens.max() < model.spec.image_vocab_size
+  logits = np.asarray(fns["forward"](params, text, tokens))
+  np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)
+
+
+def test_guidance_scale_zero_is_unconditional_decoding():
+  model, params, fns = _setup("learned")
+  guided = jax.jit(functools.partial(generate, model, guidance_scale=0.0, empty_caption=EMPTY))
+  np.testing.assert_array_equal(np.asarray(guided(params, _text())),
+                                np.asarray(fns["greedy"](params, np.tile(EMPTY, (3, 1)))))
+
+
+def test_top_k_sampling_stays_in_top_k_and_is_seeded():
+  model, params, fns = _setup("rope")
+  text = _text()
+  sample = jax.jit(functools.partial(generate, model, temperature=1.0, top_k=2))
+  a = np.asarray(sample(params, text, jax.random.key(7)))
+  np.testing.assert_array_equal(a, np.asarray(sample(params, text, jax.random.key(7))))
+  logits = np.asarray(fns["forward"](params, text, a))
+  top2 = np.argsort(logits, axis=-1)[..., -2:]
+  assert np.all((top2 == a[..., None]).any(-1)), "a sampled token outside the top 2"
+  assert not np.array_equal(a, np.asarray(fns["greedy"](params, text))), "never left the argmax"
