@@ -401,3 +401,24 @@ def test_orbax_checkpoint_round_trip(noisy, tmp_path):
   manager.close()
   it.close()
   restored.close()
+
+
+def test_full_pass_with_captions(shapes_config):
+  # What `vlgen encode` needs: every record, with its caption string.
+  sizes, captions = [], []
+  for p in range(2):
+    it = pipeline.make_iterator(shapes_config, split="validation", batch_size=12, seed=0,
+                                train=False, process_index=p, process_count=2,
+                                with_captions=True, drop_remainder=False)
+    for batch in it:
+      sizes.append(len(batch["image"]))
+      assert batch["caption"].dtype == object and "text_ids" not in batch
+      captions.extend(batch["caption"].tolist())
+    assert it.stats()["dropped_remainder"] == 0
+    it.close()
+  # 64 records in global batches of 24: 2 full, then 12 for process 0 and 4 for process 1.
+  assert sizes == [12, 12, 12, 12, 12, 4]
+  assert sorted(captions) == sorted(shapes.sample_scene("validation", i).caption for i in range(64))
+  with pytest.raises(ValueError, match="finite"):
+    pipeline.make_iterator(shapes_config, split="train", batch_size=4, seed=0, train=True,
+                           process_index=0, process_count=1, drop_remainder=False)

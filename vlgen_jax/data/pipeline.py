@@ -32,7 +32,22 @@ Train iterators are endless; eval iterators (`train=False`) make one pass in
 storage order, without shuffling, and drop the last incomplete batch of each
 process (counted in `dropped_remainder`); with skipped records processes may
 get different numbers of eval batches, so multi-process eval loops should run
-a fixed number of steps (the trainer's `eval_steps`).
+a fixed number of steps (the trainer's `eval_steps`). `drop_remainder=False`
+keeps the last, smaller batch instead, and `with_captions=True` adds the
+caption strings (both for full passes such as `vlgen encode`).
+
+In a Task:
+
+    def input_iterator(self, split, *, batch_size, train, seed, process_index, process_count):
+      it = pipeline.make_iterator(self.config.data, split=split, batch_size=batch_size,
+                                  seed=seed, train=train, process_index=process_index,
+                                  process_count=process_count)
+      if train:
+        self._train_iter = it
+      return it
+
+    def data_stats(self):
+      return self._train_iter.stats() if self._train_iter is not None else {}
 """
 from __future__ import annotations
 
@@ -40,7 +55,7 @@ import atexit
 import re
 import sys
 import weakref
-from typing import Any, Callable
+from typing import Any
 
 import grain
 import ml_collections
@@ -164,13 +179,17 @@ class ImageTextProcessor:
   """Raw record -> (example | None, events). Never raises for bad data.
 
   Checks run cheapest first: image present, caption valid, image decodes; a
-  record is counted under the first reason that fails.
+  record is counted under the first reason that fails. Captions are checked
+  when they are used: with a tokenizer (`text_ids`) or `with_captions`
+  (`caption` strings, e.g. for `vlgen encode`).
   """
 
-  def __init__(self, resolution: int, tokenizer=None, max_text_len: int = 32):
+  def __init__(self, resolution: int, tokenizer=None, max_text_len: int = 32,
+               with_captions: bool = False):
     self.resolution = resolution
     self.tokenizer = tokenizer
     self.max_text_len = max_text_len
+    self.with_captions = with_captions
 
   def __call__(self, raw: dict, rng: np.random.Generator | None = None):
     events = []
@@ -180,12 +199,14 @@ class ImageTextProcessor:
       if raw.get("image") is None:
         raise BadRecord(decode.MISSING_FILE, "no image")
       example = {}
-      if self.tokenizer is not None:
-        text, truncated = _encode_caption(raw.get("caption"), rng, self.tokenizer,
-                                          self.max_text_len)
-        if truncated:
-          events.append(decode.TRUNCATED_CAPTION)
-        example["text_ids"] = text
+      if self.tokenizer is not None or self.with_captions:
+        caption = _pick_caption(raw.get("caption"), rng)
+        if self.tokenizer is not None:
+          example["text_ids"], truncated = self.tokenizer.encode(caption, self.max_text_len)
+          if truncated:
+            events.append(decode.TRUNCATED_CAPTION)
+        if self.with_captions:
+          example["caption"] = caption
       image, converted = decode.load_image(raw["image"], self.resolution)
       if converted:
         events.append(decode.CONVERTED_MODE)
@@ -220,14 +241,19 @@ class TokenTextProcessor:
     return example, events
 
 
-def _encode_caption(value, rng, tokenizer, max_len):
+def _pick_caption(value, rng) -> str:
+  """One valid caption of a record (a random one of several in training)."""
   if value is None:
     raise BadRecord(decode.MISSING_FILE, "no caption")
   choices = decode.caption_choices(value)
   if not choices:
     raise BadRecord(decode.EMPTY_CAPTION, "no captions")
   pick = 0 if rng is None or len(choices) == 1 else int(rng.integers(len(choices)))
-  return tokenizer.encode(decode.decode_caption(choices[pick]), max_len)
+  return decode.decode_caption(choices[pick])
+
+
+def _encode_caption(value, rng, tokenizer, max_len):
+  return tokenizer.encode(_pick_caption(value, rng), max_len)
 
 
 # ---- process sharding ----------------------------------------------------
@@ -273,25 +299,27 @@ class BatchAndCountIterDataset(grain.IterDataset):
   """
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, *,
-               max_consecutive_skips: int, describe: str):
+               max_consecutive_skips: int, describe: str, drop_remainder: bool = True):
     super().__init__(parent)
     self._batch_size = batch_size
     self._max_skips = max_consecutive_skips
     self._describe = describe
+    self._drop_remainder = drop_remainder
 
   def __iter__(self) -> BatchAndCountIterator:
     return BatchAndCountIterator(self._parent.__iter__(), self._batch_size,
-                                 self._max_skips, self._describe)
+                                 self._max_skips, self._describe, self._drop_remainder)
 
 
 class BatchAndCountIterator(grain.DatasetIterator):
 
   def __init__(self, parent: grain.DatasetIterator, batch_size: int, max_skips: int,
-               describe: str):
+               describe: str, drop_remainder: bool = True):
     super().__init__(parent)
     self._batch_size = batch_size
     self._max_skips = max_skips
     self._describe = describe
+    self._drop_remainder = drop_remainder
     self._counts = {k: 0 for k in STAT_KEYS}
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -301,6 +329,8 @@ class BatchAndCountIterator(grain.DatasetIterator):
       try:
         example, events = next(self._parent)
       except StopIteration:
+        if examples and not self._drop_remainder:
+          break  # a last, smaller batch; the next call ends the iteration
         self._counts["dropped_remainder"] += len(examples)
         raise
       self._counts["records"] += 1
@@ -315,7 +345,7 @@ class BatchAndCountIterator(grain.DatasetIterator):
         continue
       consecutive_skips = 0
       examples.append(example)
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    return {k: _stack([e[k] for e in examples]) for k in examples[0]}
 
   @property
   def counts(self) -> dict[str, int]:
@@ -327,6 +357,12 @@ class BatchAndCountIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self._counts = {k: int(state["counts"].get(k, 0)) for k in STAT_KEYS}
+
+
+def _stack(values: list) -> np.ndarray:
+  if isinstance(values[0], str):
+    return np.array(values, dtype=object)  # captions: host-side strings
+  return np.stack(values)
 
 
 class PipelineIterator(grain.DatasetIterator):
@@ -418,14 +454,18 @@ def data_stats(iterator) -> dict[str, int]:
 
 def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_size: int,
                   seed: int, train: bool, process_index: int | None = None,
-                  process_count: int | None = None, tokenizer=None, source=None):
+                  process_count: int | None = None, tokenizer=None, source=None,
+                  with_captions: bool = False, drop_remainder: bool = True):
   """Per-process batches of `split` as a Grain `DatasetIterator`.
 
   `batch_size` is per process; the global batch is `batch_size *
   process_count`. `process_index/count` default to jax's. `tokenizer` (a
   TextTokenizer) defaults to `data_config.tokenizer` if set; without one,
   batches carry no `text_ids`. `source` overrides `make_source(data_config,
-  split)` (an already opened source).
+  split)` (an already opened source). `with_captions` adds `caption`, an
+  object array of str (image sources). `drop_remainder=False` (eval only)
+  ends a pass with a smaller last batch instead of dropping it, so a pass
+  such as `vlgen encode` sees every good record.
   """
   if batch_size < 1:
     raise UserError(f"batch size per process must be >= 1, got {batch_size}")
@@ -450,7 +490,8 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
     processor = TokenTextProcessor(int(np.prod(source.meta["token_grid"])), tokenizer,
                                    data_config.max_text_len)
   else:
-    processor = ImageTextProcessor(data_config.resolution, tokenizer, data_config.max_text_len)
+    processor = ImageTextProcessor(data_config.resolution, tokenizer, data_config.max_text_len,
+                                   with_captions=with_captions)
 
   shuffle_seed = seed if data_config.get("shuffle_seed", -1) < 0 else data_config.shuffle_seed
   ds = grain.MapDataset.source(source)
@@ -468,8 +509,11 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
                            prefetch_buffer_size=max(0, int(data_config.get("read_buffer", 128))))
   it_ds = ds.to_iter_dataset(read)
   describe = f"{data_config.source} split {split!r} ({n} records)"
+  if train and not drop_remainder:
+    raise ValueError("drop_remainder=False is for finite (eval) passes")
   it_ds = BatchAndCountIterDataset(it_ds, batch_size, describe=describe,
-                           max_consecutive_skips=max(1, -(-n // process_count)))
+                                   max_consecutive_skips=max(1, -(-n // process_count)),
+                                   drop_remainder=drop_remainder)
   batcher = it_ds.__iter__()
   it = batcher
   prefetch = int(data_config.get("prefetch", 2))
@@ -478,7 +522,7 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
   signature = {"source": str(data_config.source), "split": split, "records": n,
                "batch_size": batch_size, "process_index": process_index,
                "process_count": process_count, "train": bool(train),
-               "seed": int(shuffle_seed) if train else 0}
+               "seed": int(shuffle_seed) if train else 0, "drop_remainder": bool(drop_remainder)}
   return PipelineIterator(it, batcher, signature)
 
 
