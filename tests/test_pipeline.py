@@ -422,3 +422,11 @@ def test_full_pass_with_captions(shapes_config):
   with pytest.raises(ValueError, match="finite"):
     pipeline.make_iterator(shapes_config, split="train", batch_size=4, seed=0, train=True,
                            process_index=0, process_count=1, drop_remainder=False)
+
+
+def test_shapes_name_matches_the_builder_config():
+  from vlgen_jax.data import shapes_tfds
+  assert pipeline.shapes_dataset_name(32, 100, 10, 5) == "shapes/" + shapes_tfds.config_name(
+      32, 100, 10, 5)
+  assert pipeline.default_data_config().name == "shapes/" + shapes_tfds.config_name(
+      64, **{f"{k}_size": v for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})

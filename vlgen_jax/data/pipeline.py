@@ -82,12 +82,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.name = shapes_dataset_name()
   # tfds: TFDS data_dir ("" = TFDS default). tar/folder: directory of the data,
   # with one subfolder per split, or the data itself for split "train".
-  # tokens: the token dataset directory.
+  # tokens: the token dataset directory. (Splits are the trainer's
+  # config.train_split / config.eval_split; every source accepts slices such
+  # as "train[:1000]" or "train[95%:]".)
   c.data_dir = ""
-  # Split names for training and evaluation. Any source accepts slices:
-  # "train[:1000]", "train[95%:]".
-  c.split = "train"
-  c.eval_split = "validation"
   # tfds: feature names; nested features with "/" ("captions/text"). A
   # caption feature holding several captions picks one at random per
   # record in training (seeded) and the first in eval.
@@ -114,9 +112,16 @@ def default_data_config() -> ml_collections.ConfigDict:
   return c
 
 
-def shapes_dataset_name(resolution: int = 64, train_size: int = 50_000,
-                        validation_size: int = 2_000, heldout_size: int = 2_000) -> str:
-  """The `data.name` of a shapes config (built on first use by the pipeline)."""
+def shapes_dataset_name(resolution: int = 64, train_size: int | None = None,
+                        validation_size: int | None = None, heldout_size: int | None = None) -> str:
+  """The `data.name` of a shapes config (built on first use by the pipeline);
+  sizes default to the spec's (docs/shapes.md)."""
+  from vlgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (numpy only)
+  sizes = shapes.DEFAULT_SPLIT_SIZES
+  train_size = sizes["train"] if train_size is None else train_size
+  validation_size = sizes["validation"] if validation_size is None else validation_size
+  heldout_size = sizes["heldout"] if heldout_size is None else heldout_size
+  # Same as shapes_tfds.config_name, without importing tfds into config files.
   return (f"shapes/res{resolution}_train{train_size}_val{validation_size}"
           f"_heldout{heldout_size}")
 
