@@ -17,11 +17,12 @@ pipeline, so a bad record becomes a counted skip instead of an exception
   line, optional `filename<TAB>caption` header) and the images next to it
   (subfolders allowed). Every line is a record; its image is read on access.
 - `TfdsSource`: a prepared TFDS dataset in ArrayRecord format
-  (`tfds.data_source`), images left encoded (decoded by decode.py).
+  (`builder.as_data_source`), images left encoded (decoded by decode.py).
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import tarfile
@@ -35,6 +36,8 @@ from vlgen_jax.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # preference order
 CAPTION_EXTENSION = ".txt"
 CAPTIONS_TSV = "captions.tsv"
+
+_log = logging.getLogger(__name__)
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
@@ -80,8 +83,7 @@ class TarShardSource:
               entry[3], entry[4] = member.offset_data, member.size
       except (tarfile.TarError, OSError) as e:
         # A damaged shard keeps the records indexed before the damage.
-        import logging  # pylint: disable=g-import-not-at-top
-        logging.getLogger(__name__).warning("tar shard %s: %s (kept %d keys)", path, e, len(order))
+        _log.warning("tar shard %s: %s (kept %d keys)", path, e, len(order))
       for key in order:
         e = entries[key]
         keys.append(key)
