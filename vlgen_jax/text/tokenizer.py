@@ -35,6 +35,10 @@ NUM_SPECIAL = 4
 
 MIN_VOCAB_SIZE = 16
 
+# File name of the model inside a checkpoint export (`export/assets/`, via
+# Task.export_files) so that training, sampling and eval agree on it.
+TOKENIZER_ASSET = "text_tokenizer.model"
+
 
 def train_sentencepiece(sentences: Iterable[str], vocab_size: int, *,
                         model_type: str = "bpe",
