@@ -38,13 +38,16 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
   def schedule(count):
     count = jnp.asarray(count, jnp.float32)
-    progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
-    if kind == "cosine":
-      lr = end + (peak - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-    elif kind == "linear":
-      lr = peak + (end - peak) * progress
+    if kind == "constant":
+      # No reference to total_steps: the compiled step stays the same when
+      # only the run length changes.
+      lr = jnp.full_like(count, peak)
     else:
-      lr = jnp.full_like(progress, peak)
+      progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+      if kind == "cosine":
+        lr = end + (peak - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+      else:
+        lr = peak + (end - peak) * progress
     if warmup > 0:
       lr = jnp.where(count < warmup, peak * (count + 1.0) / warmup, lr)
     return lr

@@ -91,7 +91,11 @@ class ToyTransformer(nn.Module):
                            (self.vocab_size, self.embed_dim), jnp.float32)
     positions = self.param("position_embedding", _param(nn.initializers.normal(0.5), (None, "embed")),
                            (self.seq_len, self.embed_dim), jnp.float32)
-    x = (jnp.take(embedding, tokens, axis=0) + positions[:tokens.shape[1]]).astype(self.dtype)
+    # Gather the fsdp-sharded embed dim first (as FSDP does for every weight at
+    # use): a lookup into a table split on its output dim would otherwise
+    # fight the batch sharding of the result.
+    table = nn.with_logical_constraint(embedding, ("vocab", None))
+    x = (jnp.take(table, tokens, axis=0) + positions[:tokens.shape[1]]).astype(self.dtype)
     x = nn.with_logical_constraint(x, ACT)
     for i in range(self.num_layers):
       x = Block(self.num_heads, self.head_dim, self.mlp_dim, self.dropout, self.dtype,

@@ -1,0 +1,101 @@
+"""Shared by the trainer tests: toy configs, metrics.jsonl readers, `vlgen
+train` subprocesses, and a persistent XLA compilation cache so repeated runs
+of the same program (subprocesses, resumed runs) compile once."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Mapping
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TOY = str(REPO_ROOT / "configs" / "toy.py")
+
+# Small enough to compile in seconds on a busy 2-core box.
+FAST = {"model.num_layers": 1, "eval_every": 0, "log_every": 1}
+
+
+def toy_config(overrides: Mapping[str, object] | None = None, **kwargs):
+  """configs/toy.py with `FAST` and then the given overrides ("a.b": value)."""
+  from vlgen_jax.config import load_config
+  items = {**FAST, **(overrides or {}), **kwargs}
+  return load_config(TOY, [f"--config.{k}={_literal(v)}" for k, v in items.items()])
+
+
+def override_args(overrides: Mapping[str, object]) -> list[str]:
+  return [f"--config.{k}={_literal(v)}" for k, v in {**FAST, **overrides}.items()]
+
+
+def _literal(v) -> str:
+  return repr(v) if isinstance(v, (tuple, list)) else str(v)
+
+
+def read_metrics(workdir) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(workdir) -> dict[int, float]:
+  """step -> train/loss, exactly as logged (json floats round-trip exactly)."""
+  return {m["step"]: m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m}
+
+
+def subprocess_env(cache_dir, devices: int = 8, extra: Mapping[str, str] | None = None) -> dict:
+  env = dict(os.environ)
+  env.update({
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "JAX_PLATFORMS": "cpu",
+      "CUDA_VISIBLE_DEVICES": "",
+      "TF_CPP_MIN_LOG_LEVEL": "2",
+      "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+      "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+  })
+  env.update(extra or {})
+  return env
+
+
+def train_command(workdir, overrides: Mapping[str, object]) -> list[str]:
+  return [sys.executable, "-m", "vlgen_jax.cli", "train", "--config", TOY,
+          "--workdir", str(workdir), *override_args(overrides)]
+
+
+def start_train(workdir, overrides, env) -> subprocess.Popen:
+  return subprocess.Popen(train_command(workdir, overrides), env=env, cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_train(workdir, overrides, env, timeout: float = 300) -> subprocess.CompletedProcess:
+  return subprocess.run(train_command(workdir, overrides), env=env, cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def compile_cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def in_process_compile_cache(compile_cache_dir):
+  """The persistent compilation cache for in-process runs of one module
+  (restored afterwards so other tests see the default)."""
+  import jax
+  from jax._src import compilation_cache
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: jax.config.values[n] for n in names}
+  jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()
+  yield compile_cache_dir
+  for n, v in old.items():
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
