@@ -225,11 +225,23 @@ def test_tfds_build_has_three_array_record_splits(shapes_data_dir):
       assert shapes.objects_from_features(record["objects"]) == list(scene.objects)
 
 
+def _build_in_subprocess(data_dir, sizes: dict) -> str:
+  """Builds in a fresh process; returns its last stdout line."""
+  code = ("import sys; from vlgen_jax.data import shapes_tfds as s; "
+          f"b = s.prepare_shapes({str(data_dir)!r}, progress=False, **{sizes!r}); "
+          "b.as_data_source('train')[0]; print('tensorflow' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  return out.stdout.strip().splitlines()[-1]
+
+
 def test_two_builds_are_byte_identical(tmp_path, shapes_data_dir):
   from vlgen_jax.data import shapes_tfds
   small = dict(resolution=64, train_size=40, validation_size=8, heldout_size=8)
-  first = shapes_tfds.prepare_shapes(tmp_path / "a", progress=False, **small)
+  # Another process: protobuf map order, hash seeds etc. must not leak into the files.
+  _build_in_subprocess(tmp_path / "a", small)
+  first = shapes_tfds.shapes_builder(tmp_path / "a", **small)
   second = shapes_tfds.prepare_shapes(tmp_path / "b", progress=False, **small)
+  assert first.is_prepared()
   assert _array_records(first) == _array_records(second)
   # A smaller train split holds the first examples of a larger one.
   large = shapes_tfds.prepare_shapes(shapes_data_dir, **TINY).as_data_source("train")
@@ -276,11 +288,8 @@ def test_bad_config_is_a_value_error(tmp_path):
 
 def test_building_does_not_import_tensorflow(tmp_path):
   # TF must never claim an accelerator; not importing it at all guarantees that.
-  code = ("import sys; from vlgen_jax.data import shapes_tfds as s; "
-          f"b = s.prepare_shapes({str(tmp_path)!r}, 32, 4, 2, 2, progress=False); "
-          "b.as_data_source('train')[0]; print('tensorflow' in sys.modules)")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip().splitlines()[-1] == "False"
+  assert _build_in_subprocess(tmp_path, dict(resolution=32, train_size=4, validation_size=2,
+                                             heldout_size=2)) == "False"
 
 
 # ---- CLI ----------------------------------------------------------------------

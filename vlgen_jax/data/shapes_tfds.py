@@ -21,7 +21,9 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core import writer as writer_lib
 from tensorflow_datasets.core.utils import tqdm_utils
+from tensorflow_datasets.proto import tf_example_pb2
 
 from vlgen_jax.data import shapes
 
@@ -101,6 +103,22 @@ def tfds_example(split: str, index: int, resolution: int) -> dict:
   }
 
 
+def canonical_example(serialized: bytes) -> bytes:
+  """The tf.Example re-serialised with its feature map sorted by key."""
+  return tf_example_pb2.Example.FromString(serialized).SerializeToString(deterministic=True)
+
+
+class DeterministicExampleWriter(writer_lib.ExampleWriter):
+  """Writes tf.Examples with sorted feature maps.
+
+  Protobuf serialises map entries in hash order, which changes from process
+  to process; without this, two builds of the same config differ in bytes.
+  """
+
+  def write(self, path, examples):
+    return super().write(path, ((key, canonical_example(ex)) for key, ex in examples))
+
+
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """Procedural shapes with exact captions (docs/shapes.md)."""
 
@@ -130,6 +148,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         # Record i is example i: deterministic files, regenerable records.
         disable_shuffling=True,
     )
+
+  def _example_writer(self) -> writer_lib.ExampleWriter:
+    return DeterministicExampleWriter(file_format=self.info.file_format)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
