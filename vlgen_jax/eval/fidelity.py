@@ -101,6 +101,21 @@ def score(image: np.ndarray, expected: Any,
   return result
 
 
+def summarize(scores: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  """Fidelity and per-attribute accuracies from per-image `score` results."""
+  if not scores:
+    raise ValueError("fidelity of no images is undefined")
+  n = len(scores)
+  total_objects = sum(s["num_expected"] for s in scores)
+  out = {"fidelity": sum(bool(s["satisfied"]) for s in scores) / n,
+         "count": sum(bool(s["count"]) for s in scores) / n}
+  # score() reports per-image fractions of expected objects; weight them back to counts.
+  out.update({name: sum(s[name] * s["num_expected"] for s in scores) / total_objects
+              for name in ("color", "shape", "size", "position")})
+  out["n"] = n
+  return out
+
+
 def fidelity(images: Iterable[np.ndarray], captions_or_objects: Iterable[Any],
              config: shapes_detector.DetectorConfig = shapes_detector.DetectorConfig()
              ) -> dict[str, float]:
@@ -113,21 +128,4 @@ def fidelity(images: Iterable[np.ndarray], captions_or_objects: Iterable[Any],
   images, specs = list(images), list(captions_or_objects)
   if len(images) != len(specs):
     raise ValueError(f"{len(images)} images but {len(specs)} captions/objects")
-  if not images:
-    raise ValueError("fidelity of no images is undefined")
-  satisfied = count = total_objects = 0
-  hits = dict.fromkeys(ATTRIBUTES, 0)
-  for image, spec in zip(images, specs):
-    objects = expected_objects(spec)
-    ok, detections, image_hits = _score(image, objects, config)
-    satisfied += ok
-    count += len(detections) == len(objects)
-    total_objects += len(objects)
-    for name in ATTRIBUTES:
-      hits[name] += image_hits[name]
-  n = len(images)
-  out = {"fidelity": satisfied / n, "count": count / n}
-  out.update({name: hits[name] / total_objects for name in ("color", "shape", "size",
-                                                              "position")})
-  out["n"] = n
-  return out
+  return summarize([score(image, spec, config) for image, spec in zip(images, specs)])
