@@ -45,7 +45,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
 # Forward SIGTERM/SIGINT to every process (each saves a checkpoint and exits).
-trap 'cleanup; wait' TERM INT
+trap cleanup TERM INT
 
 for ((i = 0; i < num_processes; i++)); do
   JAX_PLATFORMS=cpu \
@@ -60,7 +60,15 @@ echo "[multiprocess_local] $num_processes processes x $devices CPU devices, coor
 
 status=0
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
+  # A trapped signal interrupts `wait` (status > 128) while the process still
+  # runs (saving its checkpoint): wait again for its own exit status.
+  while true; do
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "${pids[$i]}" 2>/dev/null; then continue; fi
+    break
+  done
+  if [ "$rc" -ne 0 ]; then
     echo "[multiprocess_local] process $i failed; see $workdir/process_$i.log" >&2
     tail -n 20 "$workdir/process_$i.log" >&2 || true
     status=1
