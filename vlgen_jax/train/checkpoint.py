@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlgen_jax.errors import UserError
@@ -166,7 +167,7 @@ def _restore_tree(path: str, shardings, subtree: str | None) -> PyTree:
   """Restores (the `subtree` item of) an Orbax PyTree checkpoint onto `shardings`:
   None = replicated on all devices, one Sharding for every leaf, or a tree."""
   handler = ocp.PyTreeCheckpointHandler()
-  metadata = handler.metadata(ocp.path.epath.Path(path)).tree
+  metadata = handler.metadata(epath.Path(path)).tree
   if subtree is not None:
     metadata = metadata[subtree]
   if shardings is None:

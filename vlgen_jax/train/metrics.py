@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -74,7 +75,9 @@ class MetricWriter:
     from tqdm import tqdm
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    # Bar and log lines share stderr so the lines print above the bar.
     self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                     file=sys.stderr,
                      disable=not progress, dynamic_ncols=True, mininterval=1.0)
 
   # ---- Task.evaluate's writer API -------------------------------------------
@@ -111,7 +114,7 @@ class MetricWriter:
     self._jsonl.flush()
     self._tb.flush()
     if console:
-      self._bar.write(format_line(step, values))
+      self._bar.write(format_line(step, values), file=sys.stderr)
     if "train/loss" in values:
       self._bar.set_postfix(loss=values["train/loss"], refresh=False)
 
@@ -122,7 +125,7 @@ class MetricWriter:
   def text(self, line: str) -> None:
     """A console line that does not break the progress bar (process 0 only)."""
     if self.enabled:
-      self._bar.write(line)
+      self._bar.write(line, file=sys.stderr)
 
   def close(self) -> None:
     if not self.enabled:

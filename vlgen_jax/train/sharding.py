@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vlgen_jax.errors import UserError
+
 PyTree = Any
 BATCH_AXES = ("data", "fsdp")
 
@@ -54,6 +56,27 @@ def unbox(tree: PyTree) -> PyTree:
 def logical_to_shardings(specs: PyTree, mesh: jax.sharding.Mesh, rules) -> PyTree:
   """Logical PartitionSpecs -> NamedShardings under `rules`."""
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def check_divisible(abstract: PyTree, shardings: PyTree, what: str) -> None:
+  """UserError naming the first array whose dims do not split evenly over
+  the mesh axes its sharding assigns (checked before compiling anything)."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  flat_shardings = jax.tree_util.tree_leaves(
+      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  for (path, leaf), sharding in zip(flat, flat_shardings):
+    if not isinstance(sharding, NamedSharding):
+      continue
+    for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(sharding.spec))):
+      axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+      parts = 1
+      for a in axes:
+        parts *= sharding.mesh.shape[a]
+      if size % parts:
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        raise UserError(f"{what} {name} {tuple(leaf.shape)}: dim {dim} ({size}) does not split "
+                        f"over mesh axes {'*'.join(axes)}={parts}; change config.mesh or "
+                        f"config.logical_axis_rules")
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -73,7 +73,8 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
 
   with shd.mesh_context(mesh, rules):
     # ---- model & optimizer ---------------------------------------------------------
-    key = jax.random.PRNGKey(int(config.seed))
+    # Shapes only until every check has passed: nothing compiles before that.
+    key = jax.eval_shape(jax.random.PRNGKey, int(config.seed))
     example_abstract = shd.abstract_batch(example, mesh, batch_size)
     boxed_params, boxed_model_state = jax.eval_shape(task.init, key, example_abstract)
     labels = task.optimizer_labels(shd.unbox(boxed_params))
@@ -91,6 +92,8 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
         opt_state=shd.mirror_shardings(abstract_state.opt_state, abstract_state.params,
                                        param_shardings, mesh),
         model_state=model_state_shardings, rng=replicated, skipped_steps=replicated)
+    shd.check_divisible(abstract_state.params, param_shardings, "param")
+    shd.check_divisible(abstract_state.model_state, model_state_shardings, "model state")
     batch_sharding = shd.batch_sharding(mesh)
 
     # ---- checkpoint: resume or init --------------------------------------------------
@@ -102,6 +105,7 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
           latest, shd.with_shardings(abstract_state, state_shardings), train_iter)
     else:
       example_batch = shd.global_batch(example, mesh, batch_size)
+      key = jax.random.PRNGKey(int(config.seed))
       state = jax.jit(init_fn, out_shardings=state_shardings)(key, example_batch)
     start = int(jax.device_get(state.step))
 
