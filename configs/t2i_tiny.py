@@ -1,7 +1,7 @@
 """Tiny text-to-image model on synthetic data: tests and smoke runs on CPU.
 
 A 4x4 token "image" of 64 codes conditioned on captions of up to 4 words;
-it learns the caption -> tokens mapping in a few hundred steps on CPU.
+it learns the caption -> tokens mapping in 200 steps on CPU.
 """
 from vlgen_jax.model.defaults import t2i_config
 
@@ -10,14 +10,14 @@ def get_config():
   c = t2i_config()
   c.model.update(
       text_vocab_size=128, text_length=8, image_vocab_size=64, image_grid=(4, 4),
-      d_model=64, num_heads=4, mlp_dim=256, encoder_layers=2, decoder_layers=2)
+      d_model=64, num_heads=4, mlp_dim=128, encoder_layers=1, decoder_layers=2)
   c.data.synthetic.update(num_words=32, min_words=1, max_words=4)
   c.batch_size = 64
-  c.total_steps = 400
+  c.total_steps = 200
   c.log_every = 50
-  c.eval_every = 200
-  c.checkpoint_every = 200
-  c.optimizer.learning_rate = 3e-3
+  c.eval_every = 50
+  c.checkpoint_every = 50
+  c.optimizer.learning_rate = 5e-3
   c.optimizer.warmup_steps = 20
   c.optimizer.weight_decay = 0.0
   return c
