@@ -210,7 +210,7 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
               f"{checkpointer.latest_step()}")
       if is_ckpt or stop:
         checkpointer.save(step, state, train_iter)
-      if eval_every > 0 and (step % eval_every == 0 or step == total) and not stop:
+      if eval_every > 0 and step % eval_every == 0 and not stop:
         run_eval(step, state)
         timer_start, timed_steps = time.perf_counter(), 0  # Keep evals out of step time.
       if stop:
