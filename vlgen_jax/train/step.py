@@ -5,7 +5,8 @@ the same numbers), `Task.loss` under `value_and_grad` (wrapped in
 `jax.checkpoint` with the config's remat policy unless the model remats its own
 layers), gradient accumulation over micro-batches with `lax.scan`, the optax
 update, then `Task.post_update`. A step whose loss or gradient norm is not
-finite leaves the whole state as it was (only `skipped_steps` grows).
+finite (or whose update is not) leaves the whole state as it was (only
+`skipped_steps` grows).
 """
 from __future__ import annotations
 
@@ -121,7 +122,11 @@ def make_train_step(task, tx: optax.GradientTransformation, schedules: dict[str,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params, model_state = task.post_update(params, model_state, post_rng)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The update is checked too (element-wise: its norm could overflow while
+    # every element is finite): an optimizer can turn finite grads into NaNs.
+    updates_finite = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)] or [jnp.bool_(True)]))
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & updates_finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,

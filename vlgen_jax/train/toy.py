@@ -10,7 +10,8 @@ global index, so after one period the model can predict by looking back. A batch
 computed from the batch index with numpy: iterator state is one integer and
 restores exactly, and process p of P gets rows [p*B/P, (p+1)*B/P) of the same
 global batch a single process would see. `config.data.dir` can instead name a
-directory with `<split>.npy` int arrays (N, seq_len + 1) of token ids.
+directory with `<split>.npy` int arrays (N, seq_len + 1) of token ids; rows
+with ids outside the vocabulary are skipped and counted (`data_stats`).
 """
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ class ToyTask(Task):
         vocab_size=m.vocab_size, embed_dim=m.embed_dim, num_heads=m.num_heads,
         head_dim=m.head_dim, mlp_dim=m.mlp_dim, num_layers=m.num_layers, seq_len=m.seq_len,
         dropout=m.dropout, dtype=numerics.compute_dtype(config))
+    self._stats: dict[str, int] = {}
 
   # ---- input -------------------------------------------------------------------
   def _rows_fn(self, split: str, seed: int):
@@ -169,11 +171,20 @@ class ToyTask(Task):
     path = os.path.join(data_dir, f"{split}.npy")
     if not os.path.exists(path):
       raise UserError(f"dataset not found: {path} (config.data.dir holds <split>.npy token arrays)")
-    rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    rows = np.load(path, allow_pickle=False)
     if rows.ndim != 2 or rows.shape[1] != m.seq_len + 1 or not np.issubdtype(rows.dtype, np.integer):
       raise UserError(f"{path}: expected an integer array (N, {m.seq_len + 1}), "
                       f"got {rows.dtype} {rows.shape}")
-    return lambda idx: np.asarray(rows[np.asarray(idx) % len(rows)], np.int32)
+    # Rows with ids outside the vocabulary are bad records: skipped, counted.
+    valid = np.all((rows >= 0) & (rows < m.vocab_size), axis=1)
+    self._stats[f"{split}_skipped_out_of_range"] = int((~valid).sum())
+    rows = rows[valid].astype(np.int32)
+    if not len(rows):
+      raise UserError(f"{path}: no valid rows (token ids must be in [0, {m.vocab_size}))")
+    return lambda idx: rows[np.asarray(idx) % len(rows)]
+
+  def data_stats(self) -> dict[str, int]:
+    return dict(self._stats)
 
   def input_iterator(self, split, *, batch_size, train, seed, process_index, process_count):
     import grain  # Lazy: only the training process needs the input pipeline.
