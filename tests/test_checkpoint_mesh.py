@@ -108,3 +108,33 @@ def test_async_save_is_not_corrupted_by_donation(saved_run, tmp_path):
   ref = train_losses(workdir)
   resumed = train_losses(run)
   assert resumed[5] == ref[5] and resumed[6] == ref[6]
+
+
+def test_finished_run_without_export_gets_one(saved_run, tmp_path):
+  """A run stopped between its last checkpoint and the export: `vlgen train`
+  on it trains nothing and writes the export."""
+  workdir, params = saved_run
+  run = _copy(workdir, tmp_path / "no_export")
+  shutil.rmtree(run / "export")
+  state = train(toy_config({**SAVED_MESH, **RUN}), str(run))
+  assert int(state.step) == 6 and ckpt_lib.export_step(str(run)) == 6
+  _assert_equal_trees(ckpt_lib.load_params(str(run)), params)
+
+
+def test_export_writes_assets_config_and_params(tmp_path):
+  asset = tmp_path / "tokenizer.model"
+  asset.write_bytes(b"\x00sentencepiece\xff")
+  config = toy_config()
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(2, np.int32)}}
+  root = ckpt_lib.export(str(tmp_path / "run"), 12, params, {}, config,
+                         {"tokenizer.model": str(asset)})
+  assert (tmp_path / "run" / "export" / "assets" / "tokenizer.model").read_bytes() == \
+      asset.read_bytes()
+  assert ckpt_lib.export_step(str(tmp_path / "run")) == 12
+  assert ckpt_lib.load_config(str(tmp_path / "run")).task == "toy"
+  assert not (tmp_path / "run" / "export" / "model_state").exists()  # empty: not written
+  loaded = ckpt_lib.load_params(str(tmp_path / "run"))
+  _assert_equal_trees(loaded, params)
+  assert root.endswith("export")
+  with pytest.raises(UserError, match="export file 'vocab' not found"):
+    ckpt_lib.export(str(tmp_path / "run2"), 1, params, {}, config, {"vocab": str(tmp_path / "x")})

@@ -7,7 +7,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from trainer_helpers import (compile_cache_dir, read_metrics, run_train, start_train,  # noqa: F401
                              subprocess_env, train_losses)

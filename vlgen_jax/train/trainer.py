@@ -13,9 +13,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vlgen_jax.errors import UserError
 from vlgen_jax.train import checkpoint as ckpt_lib
 from vlgen_jax.train import mesh as mesh_lib
 from vlgen_jax.train import metrics as metrics_lib
@@ -166,6 +164,8 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
   multi_process = jax.process_count() > 1
   if start >= total:
     writer.text(f"step {start} >= total_steps {total}: nothing to train")
+    if ckpt_lib.export_step(workdir) != start:  # e.g. stopped between the last save and export
+      ckpt_lib.export(workdir, start, state.params, state.model_state, config, task.export_files())
     return state
 
   writer.text(f"training steps {start + 1}..{total} on {mesh.devices.size} devices "
