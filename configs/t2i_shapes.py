@@ -20,7 +20,6 @@ def get_config():
       d_model=256, num_heads=8, mlp_dim=1024, encoder_layers=2, decoder_layers=6,
       image_positions="rope_2d", qk_norm=True, dropout=0.0,
       z_loss=1e-4, cond_dropout=0.1)
-  c.data.max_text_len = 32
   c.batch_size = 128
   c.total_steps = 20_000
   c.log_every = 100

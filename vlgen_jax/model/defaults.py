@@ -61,7 +61,9 @@ def t2i_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   c = trainer_config()
   c.task = "t2i"
   c.model = model_config()
-  c.data = data_config(source, max_text_len=c.model.text_length)
+  c.data = data_config(source)
+  # One value: overriding either field sets both.
+  c.data.max_text_len = c.model.get_ref("text_length")
   return c
 
 
@@ -77,7 +79,6 @@ def parti_config(*, encoder_layers: int, decoder_layers: int, d_model: int, mlp_
   c.model.update(text_vocab_size=16384, text_length=128, image_vocab_size=8192,
                  image_grid=(32, 32), d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
                  encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=0.0)
-  c.data.max_text_len = 128
   c.total_steps = 450_000
   c.log_every = 100
   c.eval_every = 5000

@@ -53,7 +53,8 @@ class TextToImageTask(Task):
     if self.z_loss < 0:
       raise UserError(f"config.model.z_loss must be >= 0, got {self.z_loss}")
     self.empty_caption = empty_caption_ids(config)
-    self._reader = None
+    self._train_iterator = None
+    self._tokenizer = None
 
   # ---- input -------------------------------------------------------------
   def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
@@ -64,7 +65,61 @@ class TextToImageTask(Task):
       data = SyntheticCaptions.from_config(self.config)
       return iter(data.dataset(split=split, seed=seed, batch_size=batch_size,
                                process_index=process_index, process_count=process_count))
-    raise UserError(f"config.data.source must be 'synthetic' or 'tokens', got {source!r}")
+    if source != "tokens":
+      raise UserError(f"config.data.source must be 'synthetic' or 'tokens' for t2i, got {source!r}")
+    from vlgen_jax.data import pipeline
+    self._check_token_dataset()
+    it = pipeline.make_iterator(self.config.data, split=split, batch_size=batch_size, seed=seed,
+                                train=train, process_index=process_index,
+                                process_count=process_count, tokenizer=self.tokenizer())
+    if train:
+      self._train_iterator = it
+    return it
+
+  def data_stats(self) -> dict[str, int]:
+    if self._train_iterator is None:
+      return {}
+    from vlgen_jax.data import pipeline
+    return pipeline.data_stats(self._train_iterator)
+
+  def tokenizer(self):
+    """The caption tokenizer of `config.data.tokenizer` (tokens source), loaded once."""
+    if self._tokenizer is None:
+      from vlgen_jax.text.tokenizer import TextTokenizer
+      path = self.config.data.get("tokenizer", "")
+      if not path:
+        raise UserError("data.source=tokens needs a text tokenizer: set --config.data.tokenizer")
+      self._tokenizer = TextTokenizer.from_file(path)
+    return self._tokenizer
+
+  def _check_token_dataset(self) -> None:
+    """The token dataset, tokenizer and model must agree on every shape and id."""
+    from vlgen_jax.data import token_records
+    data, spec = self.config.data, self.spec
+    if not data.get("data_dir", ""):
+      raise UserError("data.source=tokens needs --config.data.data_dir (a `vlgen encode` output)")
+    meta = token_records.read_info(data.data_dir)["meta"]
+    grid = tuple(int(v) for v in meta["token_grid"])
+    if grid != spec.image_grid or int(meta["codebook_size"]) != spec.image_vocab_size:
+      raise UserError(f"token dataset {data.data_dir} has a {grid[0]}x{grid[1]} grid of "
+                      f"{meta['codebook_size']} codes, the model expects image_grid="
+                      f"{spec.image_grid} and image_vocab_size={spec.image_vocab_size}")
+    if int(data.get("max_text_len", spec.text_length)) != spec.text_length:
+      raise UserError(f"config.data.max_text_len={data.max_text_len} must equal "
+                      f"config.model.text_length={spec.text_length}")
+    tok = self.tokenizer()
+    if tok.vocab_size > spec.text_vocab_size:
+      raise UserError(f"the tokenizer has {tok.vocab_size} pieces, more than "
+                      f"config.model.text_vocab_size={spec.text_vocab_size}")
+    empty = tok.encode("", spec.text_length)[0]
+    if not np.array_equal(empty, self.empty_caption):
+      raise UserError(f"config.data.empty_caption {tuple(data.empty_caption)} differs from the "
+                      f"tokenizer's empty caption {tuple(int(i) for i in empty if i != 0)}")
+
+  def export_files(self) -> dict[str, str]:
+    """The SentencePiece model, so an export can encode prompts on its own."""
+    path = self.config.data.get("tokenizer", "")
+    return {"tokenizer.model": path} if path else {}
 
   # ---- model -------------------------------------------------------------
   def init(self, rng, batch: dict):
