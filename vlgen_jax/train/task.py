@@ -95,7 +95,9 @@ class Task:
   def optimizer_labels(self, params: PyTree) -> PyTree | None:
     """Optional: a pytree of strings like `params` that assigns each leaf to an
     optimizer in `config.optimizers` (e.g. "generator" / "discriminator");
-    None means one optimizer from `config.optimizer`."""
+    None means one optimizer from `config.optimizer`. The trainer calls it
+    with abstract params (jax.ShapeDtypeStruct leaves): use paths and shapes
+    only."""
     return None
 
   def export_files(self) -> dict[str, str]:
