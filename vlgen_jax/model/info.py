@@ -89,7 +89,6 @@ def _shard_bytes(abstract, sharding, mesh_sizes: Mapping[str, int]) -> tuple[int
 
 def model_info(config, mesh_sizes: Mapping[str, int]) -> dict[str, Any]:
   """Counts, FLOPs and per-device bytes for `config` on a mesh of `mesh_sizes`."""
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from jax.sharding import AbstractMesh, AxisType
@@ -106,7 +105,7 @@ def model_info(config, mesh_sizes: Mapping[str, int]) -> dict[str, Any]:
   batch = {"text_ids": jax.ShapeDtypeStruct((1, spec.text_length), jnp.int32),
            "image_tokens": jax.ShapeDtypeStruct((1, spec.num_image_tokens), jnp.int32)}
   boxed, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
-  params = nn.unbox(boxed)
+  params = sharding_lib.unbox(boxed)
   tx, _ = optimizer_lib.make_optimizer(config, task.optimizer_labels(params))
   opt_state = jax.eval_shape(tx.init, params)
 
@@ -173,7 +172,8 @@ def format_table(info: Mapping[str, Any], title: str = "") -> str:
       ("params + optimizer per device", _bytes(b["total"])),
   ]
   if info["unevenly_split_leaves"]:
-    rows.append(("unevenly split arrays", str(info["unevenly_split_leaves"])))
+    rows.append(("arrays not divisible by the mesh",
+                 f"{info['unevenly_split_leaves']} (the trainer refuses this mesh)"))
   width = max(len(k) for k, _ in rows)
   lines = [title] if title else []
   lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
