@@ -48,8 +48,9 @@ class TextToImageTask(Task):
     self.model = Model(self.spec)
     self.z_loss = float(config.model.get("z_loss", 0.0))
     self.cond_dropout = float(config.model.get("cond_dropout", 0.0))
-    if not 0.0 <= self.cond_dropout < 1.0:
-      raise UserError(f"config.model.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+    if not 0.0 <= self.cond_dropout <= 1.0:
+      # 1.0 trains an unconditional model (every caption empty).
+      raise UserError(f"config.model.cond_dropout must be in [0, 1], got {self.cond_dropout}")
     if self.z_loss < 0:
       raise UserError(f"config.model.z_loss must be >= 0, got {self.z_loss}")
     self.empty_caption = empty_caption_ids(config)
