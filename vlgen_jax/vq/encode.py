@@ -1,0 +1,169 @@
+"""`vlgen encode`: a dataset's splits -> VQ token grids, once, for stage 2.
+
+    vlgen encode --workdir runs/vq --output data/shapes_tokens \\
+        [--config configs/t2i_shapes.py] [--splits train,validation]
+
+Reads the images and captions of each split (the data of `--config`, else of
+the tokenizer's own run), encodes them with the tokenizer of `--workdir`
+sharded over all devices and processes, and writes a token dataset
+(vlgen_jax/data/token_records.py: ArrayRecord shards of msgpack
+`{"tokens", "caption"}` records plus dataset_info.json) that the stage-2
+input pipeline reads with `data.source=tokens`. A record with several
+captions becomes one token record per caption. Undecodable records are
+skipped and counted.
+
+Process p of P encodes records [p*N/P, (p+1)*N/P) of every split and writes
+its own shards; all processes step through the same number of global
+batches (the last ones padded), as the sharded encode is collective.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+
+from vlgen_jax.errors import UserError
+
+HELP = "encode a dataset's images to VQ token grids for text-to-image training"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="a `vlgen train` run of a vq config")
+  parser.add_argument("--output", required=True, help="directory of the token dataset to write")
+  parser.add_argument("--config", default=None,
+                      help="config whose `data` section names the dataset to encode "
+                           "(default: the tokenizer run's own config); accepts --config.data.*=")
+  parser.add_argument("--splits", default="train,validation",
+                      help="comma-separated splits to encode (default: train,validation)")
+  parser.add_argument("--batch-size", type=int, default=256,
+                      help="images per global batch (rounded up to a multiple of the devices)")
+  parser.add_argument("--num-shards", type=int, default=4,
+                      help="ArrayRecord shards per split and process")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step of the tokenizer (default: its export/latest)")
+  parser.add_argument("--threads", type=int, default=4, help="image decoding threads")
+
+
+def _records_of(raw: dict, resolution: int):
+  """(image float [-1,1], [captions]) or raises BadRecord."""
+  from vlgen_jax.data import decode  # pylint: disable=g-import-not-at-top
+  if raw.get("error"):
+    raise decode.BadRecord(decode.BAD_RECORD, str(raw["error"]))
+  if raw.get("image") is None:
+    raise decode.BadRecord(decode.MISSING_FILE, "no image")
+  if raw.get("caption") is None:
+    raise decode.BadRecord(decode.MISSING_FILE, "no caption")
+  choices = decode.caption_choices(raw["caption"])
+  if not choices:
+    raise decode.BadRecord(decode.EMPTY_CAPTION, "no captions")
+  captions = [decode.decode_caption(c) for c in choices]
+  image, _ = decode.load_image(raw["image"], resolution)
+  return image, captions
+
+
+def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: int,
+                 process_count: int, threads: int = 4, progress: bool = True) -> dict[str, int]:
+  """Encodes this process's share of `source` into `writer`; returns counts.
+
+  Collective over all processes (same number of `tokenizer.encode_global`
+  calls everywhere).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.data import decode  # pylint: disable=g-import-not-at-top
+
+  n = len(source)
+  lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
+  local_batch = batch_size // process_count
+  steps = -(-(-(-n // process_count)) // local_batch)  # same on every process
+  counts = {"records": 0, "written": 0, "skipped": 0}
+  res = tokenizer.resolution
+  empty = np.zeros((res, res, 3), np.float32)
+
+  def load(i):
+    try:
+      return _records_of(source[i], res), None
+    except decode.BadRecord as e:
+      return None, e.reason
+
+  bar = tqdm(total=hi - lo, desc=f"encode {getattr(source, 'split', '')}".strip(), unit="img",
+             disable=not progress, dynamic_ncols=True, mininterval=1.0)
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    for s in range(steps):
+      idx = range(min(lo + s * local_batch, hi), min(lo + (s + 1) * local_batch, hi))
+      loaded = list(pool.map(load, idx))
+      images = [r[0][0] if r[0] is not None else empty for r in loaded]
+      images += [empty] * (local_batch - len(images))
+      tokens = tokenizer.encode_global(np.stack(images))
+      for (record, reason), t in zip(loaded, tokens):
+        counts["records"] += 1
+        if record is None:
+          counts["skipped"] += 1
+          counts[reason] = counts.get(reason, 0) + 1
+          continue
+        for caption in record[1]:
+          writer.write(t, caption)
+          counts["written"] += 1
+      bar.update(len(idx))
+  bar.close()
+  return counts
+
+
+def run(args) -> int:
+  from vlgen_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib.maybe_initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from vlgen_jax.config import load_config  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.data import pipeline, sources, token_records  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.vq.api import VQTokenizer  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(args.workdir):
+    raise UserError(f"--workdir {args.workdir} does not exist")
+  if args.batch_size < 1 or args.num_shards < 1:
+    raise UserError("--batch-size and --num-shards must be >= 1")
+  splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+  if not splits:
+    raise UserError("--splits is empty")
+  if args.config:
+    config = load_config(args.config, args.config_overrides)
+  else:
+    from vlgen_jax.config import apply_override  # pylint: disable=g-import-not-at-top
+    config = checkpoint.load_config(args.workdir)
+    for item in args.config_overrides:
+      apply_override(config, item)
+  data = config.data
+  if data.get("source", "tfds") == "tokens":
+    raise UserError("--config's data is already a token dataset (data.source=tokens); "
+                    "give a config whose data has images")
+
+  tokenizer = VQTokenizer.from_workdir(args.workdir, step=args.step)
+  if int(data.resolution) != tokenizer.resolution:
+    raise UserError(f"data.resolution={data.resolution} but the tokenizer was trained at "
+                    f"{tokenizer.resolution}")
+  pcount, pindex = jax.process_count(), jax.process_index()
+  devices = tokenizer.mesh.devices.size
+  batch_size = -(-args.batch_size // devices) * devices
+  step = checkpoint.export_step(args.workdir)
+  meta = {"token_grid": list(tokenizer.token_grid), "codebook_size": tokenizer.num_codes,
+          "resolution": tokenizer.resolution, "vq_workdir": os.path.abspath(args.workdir),
+          "vq_step": args.step if args.step is not None else step,
+          "data": {"source": data.source, "name": data.get("name", ""),
+                   "data_dir": data.get("data_dir", "")}}
+  summary = {}
+  for split in splits:
+    source = pipeline.make_source(data, split)
+    # "train[:1000]" is written as split "train".
+    writer = token_records.TokenRecordWriter(
+        args.output, sources.parse_split(split)[0], args.num_shards, meta,
+        process_index=pindex, process_count=pcount)
+    with writer:
+      counts = encode_split(tokenizer, source, writer, batch_size=batch_size,
+                            process_index=pindex, process_count=pcount, threads=args.threads,
+                            progress=pindex == 0)
+    summary[split] = counts
+    if pindex == 0:
+      print(f"{split}: " + json.dumps(counts, sort_keys=True))
+  return 0
