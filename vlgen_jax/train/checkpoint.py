@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Iterator
 
 import jax
@@ -46,8 +45,8 @@ def _grain_checkpoint():
 class Checkpointer:
   """Saves and restores (TrainState, data iterator) pairs under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  def __init__(self, workdir, *, max_to_keep: int, async_save: bool = True):
+    self.directory = workdir_path(workdir) / CHECKPOINTS
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or None, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -76,10 +75,10 @@ class Checkpointer:
     """Restores `step` onto `target`'s shardings (ShapeDtypeStructs) and sets
     `data_iter` to the saved position of this process's data."""
     gc = _grain_checkpoint()
-    data_dir = os.path.join(self.directory, str(step), DATA_ITEM)
+    data_dir = self.directory / str(step) / DATA_ITEM
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if not os.path.exists(os.path.join(data_dir, name)):
-      saved = sorted(f for f in os.listdir(data_dir) if f.startswith("process_"))
+    if not (data_dir / name).exists():
+      saved = sorted(f.name for f in data_dir.iterdir() if f.name.startswith("process_"))
       raise UserError(f"checkpoint step {step} has data iterator state {saved}, none for this "
                       f"process ({name}); resume with the same number of processes")
     args = ocp.args.Composite(**{
@@ -97,77 +96,88 @@ class Checkpointer:
     self.manager.close()
 
 
+def workdir_path(workdir) -> epath.Path:
+  """WORKDIR as an absolute `epath.Path` (local paths or gs://... alike)."""
+  workdir = str(workdir)
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 # ---- config -----------------------------------------------------------------
 
-def save_config(workdir: str, config: ml_collections.ConfigDict, name: str = "config.json") -> None:
+def save_config(workdir, config: ml_collections.ConfigDict, name: str = "config.json") -> None:
   """Writes the config as JSON (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, name + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, os.path.join(workdir, name))
+  root = workdir_path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  tmp = root / (name + ".tmp")
+  tmp.write_text(config.to_json(indent=2, sort_keys=True))
+  tmp.replace(root / name)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir) -> ml_collections.ConfigDict:
   """The config of a run: `export/config.json`, else `config.json`."""
-  for path in (os.path.join(workdir, EXPORT, "config.json"), os.path.join(workdir, "config.json")):
-    if os.path.exists(path):
-      with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+  root = workdir_path(workdir)
+  for path in (root / EXPORT / "config.json", root / "config.json"):
+    if path.exists():
+      return ml_collections.ConfigDict(json.loads(path.read_text()))
   raise UserError(f"no config.json in {workdir} (not a vlgen train workdir?)")
 
 
 # ---- params-only export -------------------------------------------------------
 
-def export(workdir: str, step: int, params: PyTree, model_state: PyTree,
+def export(workdir, step: int, params: PyTree, model_state: PyTree,
            config: ml_collections.ConfigDict, files: dict[str, str] | None = None) -> str:
   """Writes WORKDIR/export (params, model state, config, assets) for sampling.
 
   Collective: every process calls it; process 0 writes the small files.
+  `meta.json` is removed first and written last, so it only ever names a
+  complete export.
   """
-  root = os.path.join(os.path.abspath(workdir), EXPORT)
+  root = workdir_path(workdir) / EXPORT
+  meta = root / "meta.json"
+  if jax.process_index() == 0:
+    for name, src in (files or {}).items():
+      if not epath.Path(src).exists():
+        raise UserError(f"export file {name!r} not found: {src}")
+    if meta.exists():
+      meta.unlink()
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(root, "params"), params, force=True)
+  checkpointer.save(root / "params", params, force=True)
   if jax.tree.leaves(model_state):
-    checkpointer.save(os.path.join(root, "model_state"), model_state, force=True)
+    checkpointer.save(root / "model_state", model_state, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
   if jax.process_index() == 0:
     save_config(root, config)
-    assets = os.path.join(root, "assets")
     for name, src in (files or {}).items():
-      if not os.path.exists(src):
-        raise UserError(f"export file {name!r} not found: {src}")
-      os.makedirs(assets, exist_ok=True)
-      shutil.copyfile(src, os.path.join(assets, name))
-    with open(os.path.join(root, "meta.json"), "w") as f:
-      json.dump({"step": int(step)}, f)
-  return root
+      (root / "assets").mkdir(parents=True, exist_ok=True)
+      epath.Path(src).copy(root / "assets" / name, overwrite=True)
+    meta.write_text(json.dumps({"step": int(step)}))
+  return str(root)
 
 
-def export_step(workdir: str) -> int | None:
-  path = os.path.join(workdir, EXPORT, "meta.json")
-  if not os.path.exists(path):
+def export_step(workdir) -> int | None:
+  """The step of WORKDIR's complete export, None if there is none."""
+  path = workdir_path(workdir) / EXPORT / "meta.json"
+  if not path.exists():
     return None
-  with open(path) as f:
-    return int(json.load(f)["step"])
+  return int(json.loads(path.read_text())["step"])
 
 
-def _checkpoint_steps(workdir: str) -> list[int]:
-  root = os.path.join(workdir, CHECKPOINTS)
-  if not os.path.isdir(root):
+def _checkpoint_steps(workdir) -> list[int]:
+  root = workdir_path(workdir) / CHECKPOINTS
+  if not root.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(root)
-                if d.isdigit() and os.path.exists(os.path.join(root, d, STATE_ITEM)))
+  return sorted(int(d.name) for d in root.iterdir()
+                if d.name.isdigit() and (d / STATE_ITEM).exists())
 
 
-def _restore_tree(path: str, shardings, subtree: str | None) -> PyTree:
+def _restore_tree(path: epath.Path, shardings, subtree: str | None) -> PyTree:
   """Restores (the `subtree` item of) an Orbax PyTree checkpoint onto `shardings`:
   None = replicated on all devices, one Sharding for every leaf, or a tree."""
   handler = ocp.PyTreeCheckpointHandler()
-  metadata = handler.metadata(epath.Path(path)).tree
+  metadata = handler.metadata(path).tree
   if subtree is not None:
     metadata = metadata[subtree]
   if shardings is None:
@@ -188,24 +198,24 @@ def _restore_tree(path: str, shardings, subtree: str | None) -> PyTree:
   return restored[subtree] if subtree is not None else restored
 
 
-def load_params(workdir: str, step: int | None = None, shardings=None) -> PyTree:
+def load_params(workdir, step: int | None = None, shardings=None) -> PyTree:
   """Params only (no optimizer state) of a run, placed on `shardings`.
 
   `step=None`: the newest of the export and the latest checkpoint; an int:
   that checkpoint step. `shardings`: None (replicated on all devices), one
   `jax.sharding.Sharding` for every leaf, or a tree of them like the params.
   """
+  root = workdir_path(workdir)
   steps = _checkpoint_steps(workdir)
   exported = export_step(workdir)
   if step is None:
     if exported is not None and (not steps or exported >= steps[-1]):
-      return _restore_tree(os.path.join(os.path.abspath(workdir), EXPORT, "params"), shardings, None)
+      return _restore_tree(root / EXPORT / "params", shardings, None)
     if not steps:
       raise UserError(f"no checkpoint or export in {workdir}")
     step = steps[-1]
   if step not in steps:
     if step == exported:
-      return _restore_tree(os.path.join(os.path.abspath(workdir), EXPORT, "params"), shardings, None)
+      return _restore_tree(root / EXPORT / "params", shardings, None)
     raise UserError(f"no checkpoint for step {step} in {workdir} (have: {steps or 'none'})")
-  path = os.path.join(os.path.abspath(workdir), CHECKPOINTS, str(step), STATE_ITEM)
-  return _restore_tree(path, shardings, "params")
+  return _restore_tree(root / CHECKPOINTS / str(step) / STATE_ITEM, shardings, "params")

@@ -73,8 +73,8 @@ class MetricWriter:
       return
     from tensorboardX import SummaryWriter  # Lazy: only process 0 needs it.
     from tqdm import tqdm
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = SummaryWriter(os.path.join(str(workdir), "tensorboard"))
+    self._jsonl = _JsonLines(os.path.join(str(workdir), "metrics.jsonl"))
     # Bar and log lines share stderr so the lines print above the bar.
     self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                      file=sys.stderr,
@@ -110,8 +110,7 @@ class MetricWriter:
         self._tb.add_scalar(k, v, step)
     values = {**self._pending, **values}
     self._pending = {}
-    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(json.dumps({"step": step, **values}))
     self._tb.flush()
     if console:
       self._bar.write(format_line(step, values), file=sys.stderr)
@@ -138,6 +137,33 @@ class MetricWriter:
 
 _QUIET_WHEN_ZERO = ("train/nonfinite", "train/skipped_steps")
 _CONSOLE_SKIP = ("train/param_norm",)
+
+
+class _JsonLines:
+  """Appends lines to a file: in place on local disks; on object stores
+  (gs://, which cannot append) by rewriting the whole (small) file."""
+
+  def __init__(self, path: str):
+    self.remote = "://" in path
+    if self.remote:
+      from etils import epath
+      self.path = epath.Path(path)
+      self.lines = self.path.read_text().splitlines() if self.path.exists() else []
+    else:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      self.file = open(path, "a")
+
+  def append(self, line: str) -> None:
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text("\n".join(self.lines) + "\n")
+    else:
+      self.file.write(line + "\n")
+      self.file.flush()
+
+  def close(self) -> None:
+    if not self.remote:
+      self.file.close()
 
 
 def format_line(step: int, values: Mapping[str, Any]) -> str:

@@ -66,7 +66,6 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
   if int(config.eval_every) > 0:
     eval_iterator()  # A missing eval split fails here, not after hours of training.
 
-  os.makedirs(workdir, exist_ok=True)
   ckpt_lib.save_config(workdir, config)
 
   with shd.mesh_context(mesh, rules):
@@ -224,6 +223,7 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
       raise KeyboardInterrupt
     return state
   checkpointer.wait()
-  ckpt_lib.export(workdir, step, state.params, state.model_state, config, task.export_files())
-  writer.text(f"done: step {step}; params exported to {os.path.join(workdir, ckpt_lib.EXPORT)}")
+  exported = ckpt_lib.export(workdir, step, state.params, state.model_state, config,
+                             task.export_files())
+  writer.text(f"done: step {step}; params exported to {exported}")
   return state
