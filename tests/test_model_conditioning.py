@@ -9,17 +9,15 @@ almost no sequence is reproduced.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import pytest
 
 from trainer_helpers import compile_cache_dir, in_process_compile_cache, read_metrics  # noqa: F401
 from vlgen_jax.config import load_config
-from vlgen_jax.model.generate import generate
 from vlgen_jax.model.synthetic import SyntheticCaptions
 from vlgen_jax.model.task import TextToImageTask
+from vlgen_jax.sample.sampler import SamplingOptions, make_sampler
 from vlgen_jax.train.trainer import train
 
 
@@ -50,7 +48,8 @@ def _evaluate(task, params, *, blank_text: bool = False):
   if blank_text:
     batch["text_ids"] = np.broadcast_to(task.empty_caption, batch["text_ids"].shape).copy()
   _, (metrics, _) = jax.jit(lambda p, b: task.loss(p, {}, b, None, train=False))(params, batch)
-  tokens = np.asarray(jax.jit(functools.partial(generate, task.model))(params, batch["text_ids"]))
+  greedy = make_sampler(task.model, SamplingOptions(temperature=0.0))
+  tokens = np.asarray(greedy(params, batch["text_ids"], jax.random.split(jax.random.key(0), 256)))
   exact = float(np.mean(np.all(tokens == batch["image_tokens"], axis=1)))
   return float(metrics["accuracy"]), exact
 

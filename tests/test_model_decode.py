@@ -1,4 +1,5 @@
-"""Cached step-by-step decoding equals the full forward; generation is consistent with it."""
+"""Cached step-by-step decoding equals the full forward; greedy sampling through the
+decode API is consistent with it."""
 import functools
 
 import jax
@@ -6,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlgen_jax.model.generate import generate
 from vlgen_jax.model.image_decoder import MASKED_LOGIT
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.t2i import Model, decoder_inputs
+from vlgen_jax.sample.sampler import SamplingOptions, make_sampler
 
 BASE = dict(text_vocab_size=100, text_length=8, text_pad_id=0, image_vocab_size=50,
             image_grid=(3, 4), d_model=32, num_heads=4, head_dim=8, mlp_dim=64,
@@ -19,7 +20,6 @@ VARIANTS = {
     "rope": dict(image_positions="rope_2d", text_positions="rope", qk_norm=True,
                  norm="layernorm", mlp="swiglu"),
 }
-EMPTY = np.array([2, 3, 0, 0, 0, 0, 0, 0], np.int32)
 
 
 def _text():
@@ -46,7 +46,7 @@ def _setup(variant: str):
                                                         method=Model.init_cache)),
       "step": jax.jit(lambda p, t, pos, c: model.apply({"params": p}, t, pos, c,
                                                        method=Model.decode_step)),
-      "greedy": jax.jit(functools.partial(generate, model)),
+      "greedy": make_sampler(model, SamplingOptions(temperature=0.0)),
   }
   return model, params, fns
 
@@ -99,27 +99,8 @@ def test_padding_is_ignored(variant):
 def test_greedy_generation_matches_full_forward_argmax(variant):
   model, params, fns = _setup(variant)
   text = _text()
-  tokens = np.asarray(fns["greedy"](params, text))
+  tokens = np.asarray(fns["greedy"](params, text, jax.random.split(jax.random.key(0), 3)))
   assert tokens.shape == (3, 12) and tokens.dtype == np.int32
   assert tokens.min() >= 0 and tokens.max() < model.spec.image_vocab_size
   logits = np.asarray(fns["forward"](params, text, tokens))
   np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)
-
-
-def test_guidance_scale_zero_is_unconditional_decoding():
-  model, params, fns = _setup("learned")
-  guided = jax.jit(functools.partial(generate, model, guidance_scale=0.0, empty_caption=EMPTY))
-  np.testing.assert_array_equal(np.asarray(guided(params, _text())),
-                                np.asarray(fns["greedy"](params, np.tile(EMPTY, (3, 1)))))
-
-
-def test_top_k_sampling_stays_in_top_k_and_is_seeded():
-  model, params, fns = _setup("rope")
-  text = _text()
-  sample = jax.jit(functools.partial(generate, model, temperature=1.0, top_k=2))
-  a = np.asarray(sample(params, text, jax.random.key(7)))
-  np.testing.assert_array_equal(a, np.asarray(sample(params, text, jax.random.key(7))))
-  logits = np.asarray(fns["forward"](params, text, a))
-  top2 = np.argsort(logits, axis=-1)[..., -2:]
-  assert np.all((top2 == a[..., None]).any(-1)), "a sampled token outside the top 2"
-  assert not np.array_equal(a, np.asarray(fns["greedy"](params, text))), "never left the argmax"
