@@ -66,7 +66,7 @@ def _tree_add(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(jnp.add, a, b)
 
 
-def _mean_metrics(metrics: dict) -> dict:
+def _fp32_metrics(metrics: dict) -> dict:
   return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
@@ -77,7 +77,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedules: dict[str,
 
   def loss_fn(params, model_state, batch, rng):
     loss, (metrics, new_model_state) = task.loss(params, model_state, batch, rng, train=True)
-    return loss, (_mean_metrics(metrics), new_model_state)
+    return loss, (_fp32_metrics(metrics), new_model_state)
 
   if not getattr(task, "handles_remat", False):
     loss_fn = numerics.maybe_remat(loss_fn, config.remat)
@@ -153,7 +153,7 @@ def make_eval_step(task, seed: int) -> Callable:
 
   def eval_step(params, model_state, batch):
     loss, (metrics, _) = task.loss(params, model_state, batch, key, train=False)
-    out = _mean_metrics(metrics)
+    out = _fp32_metrics(metrics)
     out["loss"] = jnp.asarray(loss, jnp.float32)
     return out
 
