@@ -3,7 +3,7 @@ peak memory of the trainer's own jit-compiled step, over configs x meshes x
 remat policies x batch sizes. Prints a markdown table and one JSON object
 (last line).
 
-  # CPU smoke run (8 forced CPU devices): toy + t2i_tiny, 3 meshes, 4 remat policies
+  # CPU smoke run (8 forced CPU devices): toy + t2i_tiny on 3 meshes, t2i_tiny x 4 remat policies
   JAX_PLATFORMS=cpu python benchmarks/train_step.py
 
   # The Parti-350M MFU goal on one H100 (bf16, cuDNN flash attention):
@@ -13,7 +13,8 @@ remat policies x batch sizes. Prints a markdown table and one JSON object
 
 Cases: each config x batch size runs on every `--mesh` with the config's own
 remat policy, and on the first mesh with every `--remat` policy (the remat
-comparison). The step is built exactly as `vlgen train` builds it (task, mesh,
+comparison; by default for every `--config`, or for t2i_tiny, whose layers
+remat themselves, in the default CPU run). The step is built exactly as `vlgen train` builds it (task, mesh,
 logical-axis shardings, optimizer, `step.make_train_step`, donated state);
 the same device batch is fed every step, so input-pipeline time is excluded.
 
@@ -46,6 +47,7 @@ sys.path.insert(0, REPO_ROOT)
 DEFAULT_CONFIGS = ("configs/toy.py", "configs/t2i_tiny.py")
 DEFAULT_MESHES = ("data=-1", "fsdp=-1", "data=2,fsdp=2,tensor=2")
 DEFAULT_REMAT = "none,full,dots,dots_no_batch"
+DEFAULT_REMAT_ON = ("configs/t2i_tiny.py",)  # with the default configs; else every --config
 RESULT_PREFIX = "TRAIN_STEP_RESULT "
 
 
@@ -55,9 +57,10 @@ def _csv(text: str) -> list[str]:
 
 def build_cases(args) -> list[dict]:
   """Every (config, batch, mesh) at the config's remat, plus the remat sweep on
-  the first mesh; duplicates dropped, order kept."""
+  the first mesh for the `--remat-on` configs; duplicates dropped, order kept."""
   from vlgen_jax.config import load_config
   configs = args.config or list(DEFAULT_CONFIGS)
+  remat_on = args.remat_on or (list(DEFAULT_REMAT_ON) if not args.config else configs)
   meshes = args.mesh or list(DEFAULT_MESHES)
   batches = [int(b) for b in _csv(args.batch_size)] if args.batch_size else [0]
   cases, seen = [], set()
@@ -65,7 +68,8 @@ def build_cases(args) -> list[dict]:
     own_remat = load_config(path, args.config_overrides).get("remat", "none")
     for batch in batches:
       candidates = [(mesh, own_remat) for mesh in meshes]
-      candidates += [(meshes[0], policy) for policy in _csv(args.remat)]
+      if path in remat_on:
+        candidates += [(meshes[0], policy) for policy in _csv(args.remat)]
       for mesh, remat in candidates:
         key = (path, batch, mesh, remat)
         if key not in seen:
@@ -148,6 +152,7 @@ def run_case(case: dict, args) -> dict:
   from vlgen_jax.train import validation
   from vlgen_jax.train.task import build_task
 
+  start = time.perf_counter()
   config = load_config(case["config"], _case_overrides(case, args))
   if args.synthetic and config.get("task") == "t2i" and config.data.get("source") != "synthetic":
     config.data.source = "synthetic"
@@ -188,6 +193,8 @@ def run_case(case: dict, args) -> dict:
       return row
     batch = shd.global_batch(local, mesh, batch_size)
     state = jax.jit(init_fn, out_shardings=state_shardings)(key, batch)
+    jax.block_until_ready(state)
+    row["setup_s"] = time.perf_counter() - start  # config, task, data, init
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     row["compile_s"] = time.perf_counter() - t0
@@ -277,6 +284,9 @@ def main(argv=None) -> int:
                       f"several (default: {' / '.join(DEFAULT_MESHES)})")
   p.add_argument("--remat", default=DEFAULT_REMAT,
                  help="remat policies compared on the first mesh (comma list; '' = none)")
+  p.add_argument("--remat-on", action="append",
+                 help="configs that get the remat comparison; repeat for several (default: "
+                      f"every --config; {', '.join(DEFAULT_REMAT_ON)} with the default configs)")
   p.add_argument("--batch-size", default="",
                  help="global batch sizes, comma list (default: each config's batch_size)")
   p.add_argument("--steps", type=int, default=5, help="timed steps per window")
