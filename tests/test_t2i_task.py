@@ -181,7 +181,7 @@ def test_tokens_source_feeds_the_model(token_dataset):
   for text, tokens in zip(batch["text_ids"], batch["image_tokens"]):
     assert ("train", tokenizer.decode(text), tuple(tokens)) in records
   assert task.data_stats()["records"] >= 8 and task.data_stats()["skipped"] == 0
-  assert task.export_files() == {"tokenizer.model": str(root / "tok.model")}
+  assert task.export_files() == {"text_tokenizer.model": str(root / "tok.model")}
   import flax.linen as nn
   params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)[0])
   loss, (metrics, _) = jax.jit(lambda p: task.loss(p, {}, batch, jax.random.key(1),

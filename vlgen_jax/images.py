@@ -11,11 +11,14 @@ BORDER_VALUE = 96
 
 
 def make_grid(images: Sequence[np.ndarray], *, cols: int = 8, scale: int = 1,
-              captions: Sequence[str] | None = None, caption_width: int = 0) -> np.ndarray:
+              captions: Sequence[str] | None = None, caption_width: int = 0,
+              frame_colors: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
   """uint8 (n, H, W, 3) -> one uint8 grid image, `cols` per row, gray borders.
 
   With `captions`, each cell gets its caption written under the image
   (wrapped to the cell width), so a grid of samples can be checked by eye.
+  `frame_colors` draws a colored frame around each image (e.g. green/red for
+  images that do/don't satisfy their caption).
   """
   images = [np.asarray(im, np.uint8) for im in images]
   if not images:
@@ -40,6 +43,8 @@ def make_grid(images: Sequence[np.ndarray], *, cols: int = 8, scale: int = 1,
   for i, image in enumerate(images):
     r, c = divmod(i, cols)
     y, x = BORDER + r * step_y, BORDER + c * step_x
+    if frame_colors is not None:
+      grid[y - BORDER:y + h + BORDER, x - BORDER:x + w + BORDER] = frame_colors[i]
     grid[y:y + h, x:x + w] = image
   if captions is not None:
     from PIL import Image, ImageDraw

@@ -119,8 +119,9 @@ class TextToImageTask(Task):
 
   def export_files(self) -> dict[str, str]:
     """The SentencePiece model, so an export can encode prompts on its own."""
+    from vlgen_jax.text.tokenizer import TOKENIZER_ASSET
     path = self.config.data.get("tokenizer", "")
-    return {"tokenizer.model": path} if path else {}
+    return {TOKENIZER_ASSET: path} if path else {}
 
   # ---- model -------------------------------------------------------------
   def init(self, rng, batch: dict):

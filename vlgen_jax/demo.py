@@ -1,0 +1,149 @@
+"""`vlgen demo`: the whole pipeline on `shapes`, stage by stage, resumable.
+
+  data → text tokenizer → VQ → encode → text-to-image → sample → eval
+
+Each stage runs the same `vlgen` subcommand a user would run by hand, inside
+one process, writing into the demo workdir:
+
+  WORKDIR/data/                 shapes (TFDS ArrayRecord)
+  WORKDIR/text_tokenizer.model  SentencePiece model
+  WORKDIR/vq/                   VQ tokenizer run (vlgen train)
+  WORKDIR/tokens/               VQ token dataset (vlgen encode)
+  WORKDIR/t2i/                  text-to-image run (vlgen train)
+  WORKDIR/samples/              vlgen sample on a few prompts (grid.png)
+  WORKDIR/eval/                 vlgen eval report (grid.png, results.json)
+  WORKDIR/demo.json             finished stages and their wall times
+
+A re-run skips finished stages (and training stages resume from their
+checkpoints), so an interrupted demo continues where it stopped.
+`vlgen sample` and `vlgen eval` accept the demo workdir directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from vlgen_jax.errors import UserError
+
+HELP = "run the whole pipeline on shapes (data → tokenizer → VQ → encode → t2i → sample → eval)"
+
+STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "sample", "eval")
+STATE_FILE = "demo.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--config", default="configs/demo_quickstart.py",
+                      help="demo recipe (default: the quick start); --config.key=value overrides")
+  parser.add_argument("--stages", default=",".join(STAGES),
+                      help="comma-separated subset of stages to run (others must be done)")
+  parser.add_argument("--redo", default="", help="comma-separated stages to run again")
+
+
+def _load_state(workdir: str) -> dict:
+  path = os.path.join(workdir, STATE_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"stages": {}}
+
+
+def _save_state(workdir: str, state: dict) -> None:
+  tmp = os.path.join(workdir, STATE_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(state, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, STATE_FILE))
+
+
+def _vlgen(*argv) -> None:
+  """Runs one `vlgen` subcommand in this process; a failure stops the demo."""
+  from vlgen_jax import cli
+  rc = cli.main([str(a) for a in argv])
+  if rc:
+    raise UserError(f"demo stage failed: vlgen {argv[0]} exited with {rc}")
+
+
+def _overrides(items) -> list[str]:
+  return [f"--config.{item}" for item in items]
+
+
+def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
+  """The `vlgen` command of each stage (what a user would type)."""
+  dataset = (f"shapes/res{c.resolution}_train{c.train_size}_val{c.validation_size}"
+             f"_heldout{c.heldout_size}")
+  data_overrides = [f"data.name={dataset}", f"data.data_dir={w['data']}",
+                    f"data.resolution={c.resolution}"]
+  return {
+      "data": ["data", "shapes", "--data-dir", w["data"], "--resolution", c.resolution,
+               "--train-size", c.train_size, "--validation-size", c.validation_size,
+               "--heldout-size", c.heldout_size],
+      "tokenizer": ["text-tokenizer", "--dataset", dataset, "--data-dir", w["data"],
+                    "--vocab-size", c.text_vocab_size, "--output", w["tokenizer"]],
+      "vq": ["train", "--config", c.vq.config, "--workdir", w["vq"],
+             *_overrides(data_overrides), *_overrides(c.vq.overrides)],
+      "encode": ["encode", "--workdir", w["vq"], "--output", w["tokens"],
+                 "--splits", "train,validation,heldout"],
+      "t2i": ["train", "--config", c.t2i.config, "--workdir", w["t2i"],
+              f"--config.data.data_dir={w['tokens']}",
+              f"--config.data.tokenizer={w['tokenizer']}", *_overrides(c.t2i.overrides)],
+      "sample": ["sample", "--workdir", w["t2i"], "--outdir", w["samples"],
+                 *[a for p in c.sample.prompts for a in ("--prompt", p)],
+                 "--num-per-prompt", c.sample.num_per_prompt, "--seed", c.seed],
+      "eval": ["eval", "--workdir", w["t2i"], "--split", c.eval.split, "--num", c.eval.num,
+               "--report", w["eval"], "--seed", c.seed],
+  }
+
+
+def run(args) -> int:
+  from vlgen_jax.config import load_config
+  c = load_config(args.config, args.config_overrides)
+  workdir = os.path.abspath(args.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+  redo = {s.strip() for s in args.redo.split(",") if s.strip()}
+  for s in [*stages, *redo]:
+    if s not in STAGES:
+      raise UserError(f"unknown demo stage {s!r}; stages are {', '.join(STAGES)}")
+  w = {"data": os.path.join(workdir, "data"),
+       "tokenizer": os.path.join(workdir, "text_tokenizer.model"),
+       **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "samples", "eval")}}
+  commands = stage_commands(c, w)
+  state = _load_state(workdir)
+  state["recipe"] = c.to_dict()
+  total = time.perf_counter()
+  for stage in STAGES:
+    if stage not in stages:
+      continue
+    done = state["stages"].get(stage, {}).get("done")
+    if done and stage not in redo:
+      print(f"[demo] {stage}: done earlier ({state['stages'][stage]['seconds']:.0f} s), skipped")
+      continue
+    print(f"[demo] {stage}: vlgen {' '.join(str(a) for a in commands[stage])}", flush=True)
+    start = time.perf_counter()
+    _vlgen(*commands[stage])
+    seconds = time.perf_counter() - start
+    state["stages"][stage] = {"done": True, "seconds": seconds}
+    _save_state(workdir, state)
+    print(f"[demo] {stage}: finished in {seconds:.0f} s", flush=True)
+
+  results = os.path.join(w["eval"], "results.json")
+  summary = {"stage_seconds": {k: round(v["seconds"], 1) for k, v in state["stages"].items()},
+             "this_run_seconds": round(time.perf_counter() - total, 1)}
+  if os.path.exists(results):
+    with open(results) as f:
+      summary["eval"] = json.load(f)
+  state["summary"] = summary
+  _save_state(workdir, state)
+  print("\n[demo] summary")
+  for k, v in summary["stage_seconds"].items():
+    print(f"  {k:<10} {v:8.1f} s")
+  if "eval" in summary:
+    e = summary["eval"]
+    print(f"  fidelity on {e['n']} {c.eval.split} captions: {e['fidelity']:.3f} "
+          f"(count {e['count']:.3f}, color {e['color']:.3f}, shape {e['shape']:.3f}, "
+          f"size {e['size']:.3f}, position {e['position']:.3f})")
+    print(f"  grid: {os.path.join(w['eval'], 'grid.png')}")
+  print(f"  samples: {os.path.join(w['samples'], 'grid.png')}")
+  return 0

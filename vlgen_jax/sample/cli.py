@@ -1,0 +1,117 @@
+"""`vlgen sample`: captions -> PNG files, captions.tsv and a grid, from a trained run."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vlgen_jax.errors import UserError
+
+HELP = "sample images for text prompts from a trained text-to-image run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True,
+                      help="a t2i training workdir, or a `vlgen demo` workdir")
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument("--prompt", action="append", help="a caption (repeatable); '' = unconditional")
+  src.add_argument("--prompts", help="text file, one caption per line")
+  parser.add_argument("--outdir", required=True)
+  add_sampling_arguments(parser)
+  parser.add_argument("--num-per-prompt", type=int, default=1)
+  parser.add_argument("--batch-size", type=int, default=16)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+  """Options shared with `vlgen eval`."""
+  parser.add_argument("--cfg-scale", type=float, default=None,
+                      help="classifier-free guidance scale (default: the run's config, else 1)")
+  parser.add_argument("--cfg-schedule", default="constant", choices=("constant", "linear"))
+  parser.add_argument("--temperature", type=float, default=None)
+  parser.add_argument("--top-k", type=int, default=None)
+  parser.add_argument("--top-p", type=float, default=None)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--vq-workdir", default=None, help="VQ run (default: found from the t2i run)")
+  parser.add_argument("--mesh", default=None,
+                      help="sampling mesh, e.g. tensor=8 for a model larger than one device "
+                           "(default: data over all devices)")
+
+
+def sampling_options(args, config):
+  """CLI flags over the run's `config.sample` defaults; validated."""
+  from vlgen_jax.sample.sampler import SamplingOptions
+  defaults = config.get("sample", {}) or {}
+  pick = lambda flag, key, fallback: flag if flag is not None else defaults.get(key, fallback)  # noqa: E731
+  return SamplingOptions(
+      temperature=float(pick(args.temperature, "temperature", 1.0)),
+      top_k=int(pick(args.top_k, "top_k", 0)),
+      top_p=float(pick(args.top_p, "top_p", 1.0)),
+      cfg_scale=float(pick(args.cfg_scale, "cfg_scale", 1.0)),
+      cfg_schedule=args.cfg_schedule).validate()
+
+
+def read_prompts(args) -> list[str]:
+  if args.prompts is not None:
+    if not os.path.isfile(args.prompts):
+      raise UserError(f"prompts file not found: {args.prompts}")
+    with open(args.prompts, encoding="utf-8", errors="replace") as f:
+      # Plain text, one caption per line; nothing in it is interpreted.
+      prompts = [line.rstrip("\r\n") for line in f]
+    while prompts and not prompts[-1].strip():
+      prompts.pop()
+    if not prompts:
+      raise UserError(f"prompts file is empty: {args.prompts}")
+    return prompts
+  return list(args.prompt)
+
+
+def write_outputs(outdir: str, images, prompts, *, captions_in_grid: bool = True) -> str:
+  """OUT/00000.png..., OUT/captions.tsv, OUT/grid.png; returns the grid path."""
+  from vlgen_jax.images import make_grid, save_png
+  os.makedirs(outdir, exist_ok=True)
+  with open(os.path.join(outdir, "captions.tsv"), "w", encoding="utf-8") as f:
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+      name = f"{i:05d}.png"
+      save_png(image, os.path.join(outdir, name))
+      f.write(f"{name}\t{prompt.replace(chr(9), ' ')}\n")
+  grid_path = os.path.join(outdir, "grid.png")
+  n = min(len(images), 64)
+  save_png(make_grid(images[:n], cols=8, scale=2,
+                     captions=list(prompts[:n]) if captions_in_grid else None,
+                     caption_width=160), grid_path)
+  return grid_path
+
+
+def run(args) -> int:
+  import time
+  from tqdm import tqdm
+  from vlgen_jax.sample.generator import Generator, run_config
+
+  if args.num_per_prompt < 1:
+    raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+  prompts = read_prompts(args)
+  options = sampling_options(args, run_config(args.workdir))  # validate before loading
+  gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
+                       mesh_overrides=args.mesh)
+  expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
+  before = gen.tokenizer.num_truncated
+  gen.tokenizer.encode_batch(prompts, gen.spec.text_length)
+  truncated = gen.tokenizer.num_truncated - before
+  import jax
+  main_process = jax.process_index() == 0
+  start = time.perf_counter()
+  with tqdm(total=len(expanded), desc="sample", unit="img", disable=not main_process) as bar:
+    images, _ = gen.generate(expanded, options, seed=args.seed, batch_size=args.batch_size,
+                             progress=bar.update)
+  seconds = time.perf_counter() - start
+  if truncated and main_process:
+    print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
+          f"truncated", file=sys.stderr)
+  if main_process:
+    grid = write_outputs(args.outdir, images, expanded)
+    print(f"wrote {len(images)} images to {args.outdir} (grid: {grid}); "
+          f"{len(images) / seconds:.2f} images/s")
+  return 0
