@@ -182,8 +182,7 @@ def test_multiprocess_local_stop_resume_matches_single_process(tmp_path):
   assert train_steps == list(range(1, total + 1))  # each step once: nothing redone or skipped
   two_process = {m["step"]: m["train/loss"] for m in metrics if "train/loss" in m}
   two_process_eval = {m["step"]: m["eval/loss"] for m in metrics if "eval/loss" in m}
-  # Evals every 2 steps, except at the step the stop happened.
-  assert set(two_process_eval) == set(range(2, total + 1, 2)) - {stopped}
+  assert two_process_eval
 
   # 3. The same training uninterrupted in 1 process with 8 devices.
   from vlgen_jax.config import load_config
@@ -195,6 +194,9 @@ def test_multiprocess_local_stop_resume_matches_single_process(tmp_path):
   one_process = {m["step"]: m["train/loss"] for m in ref_metrics if "train/loss" in m}
   one_process_eval = {m["step"]: m["eval/loss"] for m in ref_metrics if "eval/loss" in m}
   assert sorted(one_process) == train_steps
+  # The same evals, except none at the step the stop interrupted.
+  assert set(two_process_eval) <= set(one_process_eval)
+  assert set(one_process_eval) - set(two_process_eval) <= {stopped}
   # Same data rows and updates; only the all-reduce (gloo across processes vs
   # in-process) may sum in another order.
   np.testing.assert_allclose([two_process[s] for s in train_steps],
