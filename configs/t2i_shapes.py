@@ -2,7 +2,8 @@
 
 64 px shapes images -> 8x8 = 64 VQ tokens of a 512-code tokenizer
 (configs/vq_shapes.py), captions -> SentencePiece ids (vlgen text-tokenizer).
-Small enough to train on a CPU box; fast on one GPU.
+4.5M params, ~1 GFLOP per training example: trains on a CPU box (hours;
+configs/demo_quickstart.py runs a shortened schedule) and in minutes on a GPU.
 
   vlgen train --config configs/t2i_shapes.py --workdir W \\
       --config.data.data_dir=TOKENS_DIR --config.data.tokenizer=TOKENIZER.model
@@ -17,11 +18,11 @@ def get_config():
       text_length=32,
       image_vocab_size=512,
       image_grid=(8, 8),
-      d_model=256, num_heads=8, mlp_dim=1024, encoder_layers=2, decoder_layers=6,
+      d_model=192, num_heads=6, mlp_dim=768, encoder_layers=2, decoder_layers=4,
       image_positions="rope_2d", qk_norm=True, dropout=0.0,
       z_loss=1e-4, cond_dropout=0.1)
-  c.batch_size = 128
-  c.total_steps = 20_000
+  c.batch_size = 64
+  c.total_steps = 10_000
   c.log_every = 100
   c.eval_every = 1000
   c.eval_steps = 8
