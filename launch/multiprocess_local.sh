@@ -4,15 +4,16 @@
 # laptop. Each process sees VLGEN_LOCAL_DEVICES forced CPU devices (default 4).
 #
 # Usage:
-#   launch/multiprocess_local.sh N [vlgen train arguments ...]
-# Without train arguments it runs a tiny training (configs/toy.py, 20 steps)
-# into ./workdirs/multiprocess_local. Logs: WORKDIR/process_<i>.log.
+#   launch/multiprocess_local.sh N [train|sample|encode|eval] [arguments ...]
+# The subcommand defaults to `train`. Without arguments it runs a tiny
+# training (configs/toy.py, 20 steps) into ./workdirs/multiprocess_local.
+# Logs: <--outdir, else --workdir>/process_<i>.log.
 # Environment: VLGEN_PORT (coordinator port, default: a free one),
 #   VLGEN_LOCAL_DEVICES (devices per process), VLGEN_VENV (virtualenv to use).
 set -euo pipefail
 
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
-  echo "usage: $0 NUM_PROCESSES [vlgen train arguments ...]" >&2
+  echo "usage: $0 NUM_PROCESSES [train|sample|encode|eval] [arguments ...]" >&2
   exit 2
 fi
 num_processes="$1"
@@ -22,18 +23,28 @@ repo_root="$(cd "$here/.." && pwd)"
 # shellcheck source=launch/_env.sh
 source "$here/_env.sh" ""
 
-if [ $# -eq 0 ]; then
+command="train"
+case "${1:-}" in
+  train | sample | encode | eval) command="$1"; shift ;;
+esac
+if [ $# -eq 0 ] && [ "$command" = "train" ]; then
   set -- --config "$repo_root/configs/toy.py" --workdir "$repo_root/workdirs/multiprocess_local" \
     --config.total_steps=20 --config.log_every=5 --config.checkpoint_every=10
 fi
-# The workdir (for the per-process logs) is the value after --workdir.
+# Per-process logs go to the value of --outdir, else of --workdir.
 workdir=""
+outdir=""
 prev=""
 for a in "$@"; do
   if [ "$prev" = "--workdir" ]; then workdir="$a"; fi
-  case "$a" in --workdir=*) workdir="${a#--workdir=}" ;; esac
+  if [ "$prev" = "--outdir" ]; then outdir="$a"; fi
+  case "$a" in
+    --workdir=*) workdir="${a#--workdir=}" ;;
+    --outdir=*) outdir="${a#--outdir=}" ;;
+  esac
   prev="$a"
 done
+workdir="${outdir:-$workdir}"
 : "${workdir:?pass --workdir}"
 mkdir -p "$workdir"
 
@@ -53,7 +64,7 @@ for ((i = 0; i < num_processes; i++)); do
   VLGEN_COORDINATOR_ADDRESS="127.0.0.1:$port" \
   VLGEN_NUM_PROCESSES="$num_processes" \
   VLGEN_PROCESS_ID="$i" \
-    vlgen train "$@" >"$workdir/process_$i.log" 2>&1 &
+    vlgen "$command" "$@" >"$workdir/process_$i.log" 2>&1 &
   pids+=("$!")
 done
 echo "[multiprocess_local] $num_processes processes x $devices CPU devices, coordinator 127.0.0.1:$port, logs in $workdir/process_*.log"

@@ -34,3 +34,19 @@ def shapes_data_dir(tmp_path_factory) -> pathlib.Path:
   shapes_tfds.prepare_shapes(data_dir, resolution=64, train_size=512, validation_size=64,
                              heldout_size=64, progress=False)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def demo_tiny_dir(tmp_path_factory):
+  """A finished `vlgen demo` workdir of the tiny recipe (configs/demo_tiny.py):
+  32 px shapes (64 train images), tokenizer, 16-code VQ, token dataset, t2i
+  run on 4x4 tokens, samples and eval. Nothing is trained to quality."""
+  from vlgen_jax import cli
+  workdir = tmp_path_factory.mktemp("demo_tiny")
+  cwd = os.getcwd()
+  os.chdir(REPO_ROOT)
+  try:
+    assert cli.main(["demo", "--workdir", str(workdir), "--config", "configs/demo_tiny.py"]) == 0
+  finally:
+    os.chdir(cwd)
+  return workdir

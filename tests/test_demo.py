@@ -4,6 +4,8 @@ demo workdir and on folders, with one-line errors for bad options."""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,11 +16,8 @@ from vlgen_jax.demo import STAGES
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory, repo_root):
-  workdir = tmp_path_factory.mktemp("demo")
-  os.chdir(repo_root)
-  assert cli.main(["demo", "--workdir", str(workdir), "--config", "configs/demo_tiny.py"]) == 0
-  return workdir
+def demo_dir(demo_tiny_dir):
+  return demo_tiny_dir
 
 
 def test_demo_runs_every_stage_and_writes_a_summary(demo_dir):
@@ -97,3 +96,26 @@ def test_sample_missing_workdir_and_prompts_file(tmp_path, capsys):
   assert cli.main(["sample", "--workdir", str(tmp_path), "--outdir", str(tmp_path),
                    "--prompts", str(tmp_path / "missing.txt")]) == 2
   assert "prompts file not found" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+def test_two_process_sampling_equals_one_process(demo_dir, tmp_path, repo_root):
+  """`vlgen sample` as 2 jax.distributed processes x 4 CPU devices (through
+  launch/multiprocess_local.sh) writes the same images as one process."""
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a large red circle in the center\na small white square at the bottom\n")
+  common = ["--workdir", str(demo_dir), "--prompts", str(prompts), "--num-per-prompt", "3",
+            "--batch-size", "8", "--top-k", "4", "--seed", "3"]
+  env = dict(os.environ, VLGEN_VENV=sys.prefix, VLGEN_SKIP_INSTALL="1")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(["bash", str(repo_root / "launch" / "multiprocess_local.sh"), "2", "sample",
+                         *common, "--outdir", str(tmp_path / "two")],
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert cli.main(["sample", *common, "--outdir", str(tmp_path / "one")]) == 0
+  names = sorted(p.name for p in (tmp_path / "one").glob("0*.png"))
+  assert len(names) == 6
+  assert (tmp_path / "two" / "captions.tsv").read_text() == (tmp_path / "one" / "captions.tsv").read_text()
+  for name in names:
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "two" / name)),
+                                  np.asarray(Image.open(tmp_path / "one" / name)))

@@ -121,6 +121,8 @@ def run(args) -> int:
   from tqdm import tqdm
   from vlgen_jax.sample.cli import sampling_options, write_outputs
   from vlgen_jax.sample.generator import Generator, run_config
+  from vlgen_jax.train import mesh as mesh_lib
+  mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   options = sampling_options(args, run_config(args.workdir))  # validate before loading
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)

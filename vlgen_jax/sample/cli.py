@@ -93,6 +93,8 @@ def run(args) -> int:
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
   prompts = read_prompts(args)
+  from vlgen_jax.train import mesh as mesh_lib
+  mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   options = sampling_options(args, run_config(args.workdir))  # validate before loading
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
