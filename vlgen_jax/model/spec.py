@@ -120,6 +120,9 @@ class ModelSpec:
       raise UserError(f"2-D RoPE needs head_dim divisible by 4, got {self.head_dim}")
     if self.text_positions == "rope" and self.head_dim % 2:
       raise UserError(f"RoPE needs an even head_dim, got {self.head_dim}")
+    if not self.rope_theta > 0 or not self.norm_eps > 0:
+      raise UserError(f"config.model.rope_theta and norm_eps must be > 0, got "
+                      f"{self.rope_theta}, {self.norm_eps}")
     if not 0.0 <= self.dropout < 1.0:
       raise UserError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
     if not 0 <= self.text_pad_id < self.text_vocab_size:
