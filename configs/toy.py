@@ -6,6 +6,7 @@ use it to check sharding, accumulation, checkpoints and multi-host runs.
 """
 import ml_collections
 
+from vlgen_jax.data.pipeline import default_data_config
 from vlgen_jax.train.defaults import trainer_config
 
 
@@ -30,6 +31,12 @@ def get_config():
       "seq_len": 8,
       "dropout": 0.0,
   })
-  # "": synthetic sequences; or a directory with <split>.npy token arrays.
-  c.data = ml_collections.ConfigDict({"dir": ""})
+  # Synthetic sequences by default; `dir`: a directory with <split>.npy token
+  # arrays; `source=tar|folder` + `data_dir`: images through the input
+  # pipeline as pixel sequences (all pipeline fields: vlgen_jax/data/pipeline.py).
+  c.data = default_data_config()
+  c.data.source = "synthetic"
+  c.data.dir = ""
+  c.data.resolution = 3  # 3 x 3 = seq_len + 1 pixels per image
+  c.data.read_threads = 1
   return c

@@ -11,13 +11,23 @@ Layout under WORKDIR:
   export/config.json, export/meta.json (step), export/assets/*  (Task.export_files)
 
 Checkpoints restore onto any mesh: the caller passes the target shardings.
-Only complete steps are listed (Orbax commits a step atomically), so resuming
-after a crash mid-save uses the previous complete one.
+
+Failure handling (docs/reliability.md): Orbax writes a step into
+`<step>.orbax-checkpoint-tmp-*` and renames it when complete (on GCS: a
+`commit_success.txt` marker), so a save cut short by a crash is never listed as
+a step; the next start warns about such partial directories and Orbax removes
+them. `restore_latest` restores the newest step that reads back cleanly:
+damaged steps (truncated/missing files) are skipped with a warning and moved
+to WORKDIR/corrupt_checkpoints/; a step whose arrays do not match the config's
+shapes is a `UserError` naming the first mismatched path.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
+import time
 from typing import Any, Iterator
 
 import jax
@@ -35,6 +45,11 @@ CHECKPOINTS = "checkpoints"
 EXPORT = "export"
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+CORRUPT = "corrupt_checkpoints"  # where unusable steps are moved, next to checkpoints/
+
+
+class UnusableCheckpoint(Exception):
+  """A checkpoint step whose files cannot be read back (damaged or missing)."""
 
 
 def _grain_checkpoint():
@@ -43,15 +58,36 @@ def _grain_checkpoint():
 
 
 class Checkpointer:
-  """Saves and restores (TrainState, data iterator) pairs under WORKDIR/checkpoints."""
+  """Saves and restores (TrainState, data iterator) pairs under WORKDIR/checkpoints.
 
-  def __init__(self, workdir, *, max_to_keep: int, async_save: bool = True):
-    self.directory = workdir_path(workdir) / CHECKPOINTS
+  `slow_save_seconds` (fault injection, config.debug): every async save waits
+  this long after writing its files and before its atomic commit.
+  """
+
+  def __init__(self, workdir, *, max_to_keep: int, async_save: bool = True,
+               slow_save_seconds: float = 0.0):
+    self.workdir = workdir_path(workdir)
+    self.directory = self.workdir / CHECKPOINTS
+    self._warn_partial_saves()
+    async_options = None
+    if slow_save_seconds > 0 and async_save:
+      # Runs in Orbax's commit thread after the handlers finalized, before the
+      # rename that commits the step.
+      async_options = ocp.AsyncOptions(
+          post_finalization_callback=functools.partial(time.sleep, float(slow_save_seconds)))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep or None, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+        cleanup_tmp_directories=True, async_options=async_options)
     self.manager = ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM, DATA_ITEM),
                                          options=options)
+
+  def _warn_partial_saves(self) -> None:
+    """Names the saves a crash cut short (Orbax removes them when the manager opens)."""
+    if jax.process_index() != 0 or not self.directory.is_dir():
+      return
+    for tmp in ocp.path.step.all_temporary_paths(self.directory):
+      warn(f"ignoring partial checkpoint {tmp.get()} (its save never completed, e.g. the run "
+           "was killed while saving); it is removed")
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -73,12 +109,20 @@ class Checkpointer:
 
   def restore(self, step: int, target: TrainState, data_iter: Iterator) -> TrainState:
     """Restores `step` onto `target`'s shardings (ShapeDtypeStructs) and sets
-    `data_iter` to the saved position of this process's data."""
+    `data_iter` to the saved position of this process's data.
+
+    Raises UserError if the step does not fit `target` or this process count,
+    UnusableCheckpoint (or the storage layer's error) if its files are damaged.
+    """
+    self.check_compatible(step, target)
     gc = _grain_checkpoint()
     data_dir = self.directory / str(step) / DATA_ITEM
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     if not (data_dir / name).exists():
-      saved = sorted(f.name for f in data_dir.iterdir() if f.name.startswith("process_"))
+      saved = sorted(f.name for f in data_dir.iterdir() if f.name.startswith("process_")) \
+          if data_dir.is_dir() else []
+      if not saved:
+        raise UnusableCheckpoint(f"no data iterator state in {data_dir}")
       raise UserError(f"checkpoint step {step} has data iterator state {saved}, none for this "
                       f"process ({name}); resume with the same number of processes")
     args = ocp.args.Composite(**{
@@ -88,12 +132,174 @@ class Checkpointer:
     restored = self.manager.restore(step, args=args)
     return TrainState.from_dict(dict(restored[STATE_ITEM]))
 
+  def check_compatible(self, step: int, target: TrainState) -> None:
+    """UserError naming the first array whose path, shape or dtype in `step`
+    differs from `target` (params first); UnusableCheckpoint if the step's
+    metadata cannot be read."""
+    path = self.directory / str(step) / STATE_ITEM
+    try:
+      saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable metadata)
+      raise UnusableCheckpoint(f"unreadable array metadata ({_describe(e)})") from e
+    problems = compare_trees(saved, target.to_dict())
+    if problems:
+      more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+      raise UserError(
+          f"checkpoint step {step} in {self.directory} does not match the config: "
+          f"{problems[0]}{more}; resume with the run's own config ({self.workdir / 'config.json'}) "
+          f"or start a new --workdir")
+
+  def restore_latest(self, target: TrainState, data_iter: Iterator
+                     ) -> tuple[int, TrainState] | tuple[None, None]:
+    """(step, state) of the newest checkpoint that restores cleanly, or
+    (None, None) when there is no checkpoint.
+
+    Unusable steps are skipped with a warning and, once an older one
+    restored, moved to WORKDIR/corrupt_checkpoints/ (so the run can write
+    those step numbers again). No usable step at all is a UserError; so is a
+    step that does not match the config (that is not damage: every step of
+    the run would fail the same way).
+    """
+    failures = []
+    steps = sorted(self.all_steps(), reverse=True)
+    if steps:
+      _ignore_abandoned_reads()
+    for step in steps:
+      error = None
+      try:
+        state = self.restore(step, target, data_iter)
+      except (UserError, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+        error = _describe(e)
+      error = _agree_on_error(error)
+      if error is None:
+        if failures:
+          self._set_aside([s for s, _ in failures])
+        return step, state
+      failures.append((step, error))
+      warn(f"checkpoint step {step} in {self.directory} is unusable ({error}); "
+           "trying an older one")
+    if failures:
+      listed = "; ".join(f"step {s}: {_describe(e, 100)}" for s, e in failures)
+      raise UserError(f"no usable checkpoint in {self.directory} ({listed}); move that directory "
+                      "aside to start the run from scratch")
+    return None, None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unusable steps out of Orbax's sight, keeping them for inspection."""
+    if jax.process_index() == 0:
+      root = self.workdir / CORRUPT
+      root.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        src = self.directory / str(step)
+        dst, n = root / str(step), 0
+        while dst.exists():
+          n += 1
+          dst = root / f"{step}.{n}"
+        try:
+          src.rename(dst)
+          warn(f"moved unusable checkpoint step {step} to {dst}")
+        except Exception as e:  # pylint: disable=broad-except  (stores without directory rename)
+          src.rmtree()
+          warn(f"deleted unusable checkpoint step {step} ({src}; could not move it: {e})")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("vlgen_set_aside_checkpoints")
+    self.manager.reload()
+
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def warn(message: str) -> None:
+  """A one-line `warning: ...` on stderr (process 0)."""
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _describe(e: BaseException | str, limit: int = 200) -> str:
+  """`Type: first line of the message` (no type for our own), at most `limit` characters."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else ""
+  if isinstance(e, BaseException) and not isinstance(e, UnusableCheckpoint):
+    text = f"{type(e).__name__}: {text}".rstrip(": ")
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _ignore_abandoned_reads() -> None:
+  """After a failed read, TensorStore still completes the reads Orbax gave
+  up on and their callbacks hit Orbax's closed event loop; Python would print
+  each as an "Exception ignored" traceback. Drop exactly those."""
+  if getattr(sys.unraisablehook, "_vlgen", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._vlgen = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+def _agree_on_error(error: str | None) -> str | None:
+  """Multi-process: a step is usable only if every process restored it."""
+  if jax.process_count() == 1:
+    return error
+  from jax.experimental import multihost_utils
+  failed = multihost_utils.process_allgather(np.asarray(error is not None, np.int32))
+  bad = [i for i, f in enumerate(np.asarray(failed).reshape(-1)) if f]
+  if error is None and bad:
+    return f"process(es) {bad} could not read it"
+  return error
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def compare_trees(saved: PyTree, target: PyTree) -> list[str]:
+  """Differences between a checkpoint's array metadata and a target tree
+  (ShapeDtypeStructs), params first: one readable line each."""
+  def flat(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_str(p): (tuple(v.shape), str(v.dtype)) for p, v in leaves}
+
+  have, want = flat(saved), flat(target)
+  order = lambda p: (0 if p.startswith("params/") else 1, p)  # noqa: E731
+  problems = []
+  for p in sorted(want, key=order):
+    if p not in have:
+      problems.append(f"{p} {_fmt(want[p])} is in the config but not in the checkpoint")
+    elif have[p][0] != want[p][0]:
+      problems.append(f"{p} has shape {have[p][0]} in the checkpoint but {want[p][0]} in the "
+                      "config")
+    elif have[p][1] != want[p][1]:
+      problems.append(f"{p} has dtype {have[p][1]} in the checkpoint but {want[p][1]} in the "
+                      "config")
+  for p in sorted(set(have) - set(want), key=order):
+    problems.append(f"{p} {_fmt(have[p])} is in the checkpoint but not in the config")
+  return problems
+
+
+def _fmt(shape_dtype) -> str:
+  shape, dtype = shape_dtype
+  return f"({dtype} {shape})"
 
 
 def workdir_path(workdir) -> epath.Path:

@@ -87,7 +87,15 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict()
 
-  # Fault injection for tests of preemption handling: after this step the
-  # trainer sends itself SIGTERM (0 = never).
-  c.debug = ml_collections.ConfigDict({"sigterm_after_step": 0})
+  # Fault injection for the reliability tests (docs/reliability.md); all off
+  # by default. sigterm_after_step: the trainer sends itself SIGTERM after this
+  # step. nan_at_step: this step's loss and gradients become NaN (as in a
+  # diverged model). slow_save_seconds: every async checkpoint pauses this long
+  # after writing its files and before its atomic commit (so a test can
+  # SIGKILL the run while a checkpoint is half-saved).
+  c.debug = ml_collections.ConfigDict({
+      "sigterm_after_step": 0,
+      "nan_at_step": 0,
+      "slow_save_seconds": 0.0,
+  })
   return c

@@ -74,6 +74,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedules: dict[str,
                     config, mesh: jax.sharding.Mesh, param_shardings: PyTree) -> Callable:
   """(TrainState, global batch) -> (TrainState, metrics dict of fp32 scalars)."""
   k = int(config.micro_batches)
+  nan_at = int((config.get("debug") or {}).get("nan_at_step", 0))
 
   def loss_fn(params, model_state, batch, rng):
     loss, (metrics, new_model_state) = task.loss(params, model_state, batch, rng, train=True)
@@ -118,6 +119,12 @@ def make_train_step(task, tx: optax.GradientTransformation, schedules: dict[str,
     rng = jax.random.fold_in(state.rng, state.step)
     loss_rng, post_rng = jax.random.split(rng)
     loss, metrics, model_state, grads = accumulate(state.params, state.model_state, batch, loss_rng)
+    if nan_at:
+      # Fault injection (config.debug.nan_at_step): this step diverges, as a
+      # model would whose loss overflowed; only traced when the switch is set.
+      poison = jnp.where(state.step + 1 == nan_at, jnp.float32(jnp.nan), jnp.float32(0))
+      loss = loss + poison
+      grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

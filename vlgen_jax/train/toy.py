@@ -12,6 +12,13 @@ restores exactly, and process p of P gets rows [p*B/P, (p+1)*B/P) of the same
 global batch a single process would see. `config.data.dir` can instead name a
 directory with `<split>.npy` int arrays (N, seq_len + 1) of token ids; rows
 with ids outside the vocabulary are skipped and counted (`data_stats`).
+
+`config.data.source = "tar"`, `"folder"` or `"tfds"` reads images through the real input
+pipeline (vlgen_jax/data/pipeline.py: decode, counted skips of bad records,
+resumable state) and makes each a pixel sequence, iGPT style: the image at
+`data.resolution` (3 x 3 for seq_len 8), gray levels quantised to the
+vocabulary, in raster order. The reliability tests use it to train on
+damaged tar shards.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import sys
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,6 +39,7 @@ from vlgen_jax.train import numerics
 from vlgen_jax.train.task import Task
 
 SPLITS = {"train": 0, "validation": 1}
+IMAGE_SOURCES = ("tfds", "tar", "folder")
 ACT = ("activation_batch", "activation_length", "activation_embed")
 
 
@@ -148,6 +157,35 @@ class _BatchFn:
     return {"tokens": self.rows_of(np.arange(start, start + self.local))}
 
 
+def pixel_tokens(images: np.ndarray, vocab_size: int, length: int) -> np.ndarray:
+  """float32 (B, R, R, 3) in [-1, 1] -> int32 (B, length): gray levels in raster order."""
+  gray = images.astype(np.float32).mean(-1).reshape(images.shape[0], -1)
+  levels = np.floor((gray + 1.0) * 0.5 * vocab_size).astype(np.int64)
+  return np.clip(levels, 0, vocab_size - 1)[:, :length].astype(np.int32)
+
+
+class PixelTokenIterator(grain.DatasetIterator):
+  """An input-pipeline iterator whose image batches become `{"tokens"}` batches;
+  state and data statistics are the pipeline's."""
+
+  def __init__(self, parent, vocab_size: int, length: int):
+    super().__init__(parent)
+    self._vocab_size, self._length = vocab_size, length
+
+  def __next__(self) -> dict:
+    batch = next(self._parent)
+    return {"tokens": pixel_tokens(batch["image"], self._vocab_size, self._length)}
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state)
+
+  def stats(self) -> dict[str, int]:
+    return self._parent.stats()
+
+
 class ToyTask(Task):
   """Next-token prediction on `toy` data; see the module docstring."""
 
@@ -159,6 +197,7 @@ class ToyTask(Task):
         head_dim=m.head_dim, mlp_dim=m.mlp_dim, num_layers=m.num_layers, seq_len=m.seq_len,
         dropout=m.dropout, dtype=numerics.compute_dtype(config))
     self._stats: dict[str, int] = {}
+    self._train_iter = None
 
   # ---- input -------------------------------------------------------------------
   def _rows_fn(self, split: str, seed: int):
@@ -184,10 +223,33 @@ class ToyTask(Task):
     return lambda idx: rows[np.asarray(idx) % len(rows)]
 
   def data_stats(self) -> dict[str, int]:
+    if self._train_iter is not None:
+      return dict(self._train_iter.stats())
     return dict(self._stats)
 
+  def _image_iterator(self, split, *, batch_size, train, seed, process_index, process_count):
+    from vlgen_jax.data import pipeline
+    m, data = self.config.model, self.config.data
+    if int(data.resolution) ** 2 < m.seq_len + 1:
+      raise UserError(f"config.data.resolution={data.resolution} gives {int(data.resolution) ** 2} "
+                      f"pixels per image, fewer than model.seq_len + 1 = {m.seq_len + 1}")
+    data = ml_collections.ConfigDict(data.to_dict())
+    data.tokenizer = ""  # pixels only
+    it = pipeline.make_iterator(data, split=split, batch_size=batch_size, seed=seed, train=train,
+                                process_index=process_index, process_count=process_count)
+    it = PixelTokenIterator(it, m.vocab_size, m.seq_len + 1)
+    if train:
+      self._train_iter = it
+    return it
+
   def input_iterator(self, split, *, batch_size, train, seed, process_index, process_count):
-    import grain  # Lazy: only the training process needs the input pipeline.
+    source = self.config.data.get("source", "synthetic")
+    if source not in ("synthetic",) + IMAGE_SOURCES:
+      raise UserError(f"toy config.data.source must be synthetic or one of {IMAGE_SOURCES}, "
+                      f"got {source!r}")
+    if source in IMAGE_SOURCES:
+      return self._image_iterator(split, batch_size=batch_size, train=train, seed=seed,
+                                  process_index=process_index, process_count=process_count)
     fn = _BatchFn(self._rows_fn(split, seed), batch_size=batch_size,
                   process_index=process_index, process_count=process_count)
     ds = grain.MapDataset.range(sys.maxsize).map(fn)

@@ -66,8 +66,6 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
   if int(config.eval_every) > 0:
     eval_iterator()  # A missing eval split fails here, not after hours of training.
 
-  ckpt_lib.save_config(workdir, config)
-
   with shd.mesh_context(mesh, rules):
     # ---- model & optimizer ---------------------------------------------------------
     # Shapes only until every check has passed: nothing compiles before that.
@@ -94,17 +92,20 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
     batch_sharding = shd.batch_sharding(mesh)
 
     # ---- checkpoint: resume or init --------------------------------------------------
-    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.max_to_keep),
-                                         async_save=bool(config.async_checkpointing))
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state = checkpointer.restore(
-          latest, shd.with_shardings(abstract_state, state_shardings), train_iter)
-    else:
+    checkpointer = ckpt_lib.Checkpointer(
+        workdir, max_to_keep=int(config.max_to_keep), async_save=bool(config.async_checkpointing),
+        slow_save_seconds=float(config.debug.get("slow_save_seconds", 0.0)))
+    # The newest checkpoint that reads back cleanly; one whose shapes differ
+    # from the config's is an error before anything compiles.
+    restored_step, state = checkpointer.restore_latest(
+        shd.with_shardings(abstract_state, state_shardings), train_iter)
+    if restored_step is None:
       example_batch = shd.global_batch(example, mesh, batch_size)
       key = jax.random.PRNGKey(int(config.seed))
       state = jax.jit(init_fn, out_shardings=state_shardings)(key, example_batch)
     start = int(jax.device_get(state.step))
+    # Only now: a config rejected above must not replace the run's record.
+    ckpt_lib.save_config(workdir, config)
 
     # ---- update step -----------------------------------------------------------------
     train_step = jax.jit(
@@ -201,8 +202,11 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
           timer_start, timed_steps = now, 0
         scalars.update({f"data/{k}": v for k, v in task.data_stats().items()})
         writer.write(step, scalars)
-        skipped = int(values["skipped_steps"])
-        if halt_on_nonfinite and skipped > skipped_before:
+      if halt_on_nonfinite and (is_log or is_ckpt or stop):
+        # Checked before saving: no checkpoint ever holds a dropped step.
+        skipped = int(jax.device_get(metrics["skipped_steps"]))
+        if skipped > skipped_before:
+          checkpointer.wait()
           raise NonFiniteError(
               f"non-finite loss or gradients in {skipped - skipped_before} step(s) up to step "
               f"{step} (nan_policy=halt; those updates were dropped); last checkpoint: "

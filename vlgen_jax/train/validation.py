@@ -24,6 +24,10 @@ def check_config(config) -> None:
   if config.nan_policy not in NAN_POLICIES:
     raise UserError(f"config.nan_policy must be one of {', '.join(NAN_POLICIES)}, "
                     f"got: {config.nan_policy}")
+  debug = config.get("debug", {}) or {}
+  for key in ("sigterm_after_step", "nan_at_step", "slow_save_seconds"):
+    if float(debug.get(key, 0)) < 0:
+      raise UserError(f"config.debug.{key} must be >= 0, got {debug.get(key)}")
   numerics.remat_policy(config.remat)
   numerics.compute_dtype(config)
   known = set(trainer_config().optimizer.keys())
