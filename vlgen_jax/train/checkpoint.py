@@ -404,6 +404,17 @@ def _restore_tree(path: epath.Path, shardings, subtree: str | None) -> PyTree:
   return restored[subtree] if subtree is not None else restored
 
 
+def load_train_state(workdir, step: int, shardings=None) -> dict:
+  """The whole saved TrainState of checkpoint `step` as a dict (step, params,
+  opt_state, model_state, rng, skipped_steps), e.g. to inspect a run;
+  `shardings` as in `load_params`."""
+  path = workdir_path(workdir) / CHECKPOINTS / str(step) / STATE_ITEM
+  if not path.exists():
+    raise UserError(f"no checkpoint for step {step} in {workdir} "
+                    f"(have: {_checkpoint_steps(workdir) or 'none'})")
+  return _restore_tree(path, shardings, None)
+
+
 def load_params(workdir, step: int | None = None, shardings=None) -> PyTree:
   """Params only (no optimizer state) of a run, placed on `shardings`.
 
