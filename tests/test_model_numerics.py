@@ -1,10 +1,12 @@
-"""Numerics options of the t2i model: remat policies, bf16 compute, dropout."""
+"""Numerics options of the t2i model: remat policies, bf16 compute, dropout, and
+masked (never predicted) vocabulary ids."""
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vlgen_jax.config import load_config
 from vlgen_jax.model.synthetic import SyntheticCaptions
@@ -15,36 +17,41 @@ def _task(*overrides):
   return TextToImageTask(load_config("configs/t2i_tiny.py", list(overrides)))
 
 
-def _batch(task):
-  return SyntheticCaptions.from_config(task.config).batch(0, seed=0, split="train", batch_size=8)
-
-
-def _params(task, batch):
-  return nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)[0])
+@pytest.fixture(scope="module")
+def setup():
+  """One init shared by every test (params do not depend on the compute dtype)."""
+  task = _task()
+  batch = SyntheticCaptions.from_config(task.config).batch(0, seed=0, split="train", batch_size=8)
+  params = nn.unbox(jax.jit(task.init)(jax.random.key(0), batch)[0])
+  return task, batch, params
 
 
 def _grad_fn(task):
   return lambda p, b: jax.grad(lambda q: task.loss(q, {}, b, jax.random.key(1), train=True)[0])(p)
 
 
-def test_remat_policies_change_memory_not_numbers():
-  ref_task = _task()
-  batch = _batch(ref_task)
-  params = _params(ref_task, batch)
+def test_remat_changes_memory_not_numbers_and_masked_ids_get_no_gradient(setup):
+  ref_task, batch, params = setup
   ref = jax.jit(_grad_fn(ref_task))(params, batch)
   assert "remat" not in str(jax.make_jaxpr(_grad_fn(ref_task))(params, batch))
-  for policy in ("full",):  # the other policies only change what jax.checkpoint saves
-    task = _task(f"--config.remat={policy}")
-    jaxpr = str(jax.make_jaxpr(_grad_fn(task))(params, batch))
-    assert "remat" in jaxpr or "checkpoint" in jaxpr, policy
-    grads = jax.jit(_grad_fn(task))(params, batch)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref)
+  # "full" stands for the policies: they only change what jax.checkpoint saves.
+  task = _task("--config.remat=full")
+  jaxpr = str(jax.make_jaxpr(_grad_fn(task))(params, batch))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr
+  grads = jax.jit(_grad_fn(task))(params, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref)
+
+  # Output head (embed, 128 padded ids): codes 0..63 learn; BOS (64) and
+  # padding are masked in the model, so the loss never reaches them.
+  assert task.spec.image_bos_id == 64 and task.spec.image_vocab_padded == 128
+  head = np.asarray(ref["decoder"]["logits"]["kernel"])
+  assert np.all(head[:, 64:] == 0) and np.any(head[:, :64] != 0)
 
 
-def test_bfloat16_compute_keeps_fp32_params_and_logits():
-  fp32, bf16 = _task("--config.dtype=float32"), _task("--config.dtype=bfloat16")
-  batch = _batch(fp32)
-  params = _params(bf16, batch)
+def test_bfloat16_compute_keeps_fp32_params_and_logits(setup):
+  fp32, batch, params = setup
+  bf16 = _task("--config.dtype=bfloat16")
+  assert bf16.spec.compute_dtype() == jnp.bfloat16
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   forward = lambda task: jax.jit(  # noqa: E731
       lambda p: task.model.apply({"params": p}, batch["text_ids"], batch["image_tokens"]))
@@ -55,10 +62,9 @@ def test_bfloat16_compute_keeps_fp32_params_and_logits():
   assert 0 < err < 0.05 * np.max(np.abs(np.asarray(high[..., :k])))
 
 
-def test_dropout_only_in_training():
+def test_dropout_only_in_training(setup):
+  _, batch, params = setup
   task = _task("--config.model.dropout=0.2", "--config.model.cond_dropout=0.0")
-  batch = _batch(task)
-  params = _params(task, batch)
   loss = jax.jit(lambda p, r, train: task.loss(p, {}, batch, r, train=train)[0],
                  static_argnums=2)
   a, b = loss(params, jax.random.key(1), True), loss(params, jax.random.key(2), True)
