@@ -122,7 +122,7 @@ class Checkpointer:
       saved = sorted(f.name for f in data_dir.iterdir() if f.name.startswith("process_")) \
           if data_dir.is_dir() else []
       if not saved:
-        raise UnusableCheckpoint(f"no data iterator state in {data_dir}")
+        raise UnusableCheckpoint(f"no data iterator state in {step}/{DATA_ITEM}")
       raise UserError(f"checkpoint step {step} has data iterator state {saved}, none for this "
                       f"process ({name}); resume with the same number of processes")
     args = ocp.args.Composite(**{
@@ -140,7 +140,7 @@ class Checkpointer:
     try:
       saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
     except Exception as e:  # pylint: disable=broad-except  (any unreadable metadata)
-      raise UnusableCheckpoint(f"unreadable array metadata ({_describe(e)})") from e
+      raise UnusableCheckpoint(f"unreadable array metadata ({_describe(e, 10_000)})") from e
     problems = compare_trees(saved, target.to_dict())
     if problems:
       more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -171,7 +171,8 @@ class Checkpointer:
       except (UserError, MemoryError):
         raise
       except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
-        error = _describe(e)
+        # Paths relative to checkpoints/: short enough to list several.
+        error = _describe(e, strip=f"{self.directory}/")
       error = _agree_on_error(error)
       if error is None:
         if failures:
@@ -181,7 +182,7 @@ class Checkpointer:
       warn(f"checkpoint step {step} in {self.directory} is unusable ({error}); "
            "trying an older one")
     if failures:
-      listed = "; ".join(f"step {s}: {_describe(e, 100)}" for s, e in failures)
+      listed = "; ".join(f"step {s}: {_describe(e, 120)}" for s, e in failures)
       raise UserError(f"no usable checkpoint in {self.directory} ({listed}); move that directory "
                       "aside to start the run from scratch")
     return None, None
@@ -222,10 +223,11 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _describe(e: BaseException | str, limit: int = 200) -> str:
-  """`Type: first line of the message` (no type for our own), at most `limit` characters."""
+def _describe(e: BaseException | str, limit: int = 200, strip: str = "") -> str:
+  """`Type: first line of the message` (no type for our own) without `strip`,
+  at most `limit` characters."""
   lines = str(e).strip().splitlines()
-  text = lines[0] if lines else ""
+  text = lines[0].replace(strip, "") if lines and strip else (lines[0] if lines else "")
   if isinstance(e, BaseException) and not isinstance(e, UnusableCheckpoint):
     text = f"{type(e).__name__}: {text}".rstrip(": ")
   return text if len(text) <= limit else text[:limit - 3] + "..."
