@@ -20,10 +20,12 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def resolve_config_path(path: str) -> str:
-  """`configs/x.py`, `x.py` or `x` (looked up in the project's configs/)."""
+  """A path, or `configs/x.py`, `x.py`, `x` looked up in the project's configs/
+  (so the shipped recipes work from any working directory)."""
   if os.path.exists(path):
     return path
-  for cand in (os.path.join(CONFIG_DIR, path), os.path.join(CONFIG_DIR, path + ".py")):
+  name = os.path.basename(path) if os.path.dirname(path) == "configs" else path
+  for cand in (os.path.join(CONFIG_DIR, name), os.path.join(CONFIG_DIR, name + ".py")):
     if os.path.exists(cand):
       return cand
   raise UserError(f"config file not found: {path}")
