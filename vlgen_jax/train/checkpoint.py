@@ -234,9 +234,10 @@ def _describe(e: BaseException | str, limit: int = 200, strip: str = "") -> str:
 
 
 def _ignore_abandoned_reads() -> None:
-  """After a failed read, TensorStore still completes the reads Orbax gave
-  up on and their callbacks hit Orbax's closed event loop; Python would print
-  each as an "Exception ignored" traceback. Drop exactly those."""
+  """When a restore fails part-way (damaged files), TensorStore still
+  completes the reads Orbax gave up on, and their callbacks hit Orbax's closed
+  event loop; Python would print each as an "Exception ignored" traceback.
+  Drops exactly those (installed once, before the first restore attempt)."""
   if getattr(sys.unraisablehook, "_vlgen", False):
     return
   previous = sys.unraisablehook
