@@ -133,6 +133,23 @@ def test_nan_policy_halt_stops_with_status_3(tmp_path, capsys, in_process_compil
                  "those updates were dropped); last checkpoint: 1")
 
 
+def test_metrics_jsonl_drops_a_torn_last_line(tmp_path, capsys):
+  """A run killed while writing a line: the next run's writer cuts the
+  unfinished line, so every line stays one JSON object."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/lo')
+  writer = metrics_lib.MetricWriter(str(tmp_path), enabled=True, total_steps=4, initial_step=1,
+                                    progress=False)
+  writer.write(2, {"train/loss": 2.25}, console=False)
+  writer.close()
+  assert read_metrics(tmp_path) == [{"step": 1, "train/loss": 2.5},
+                                    {"step": 2, "train/loss": 2.25}]
+  assert "dropped an unfinished last line" in capsys.readouterr().err
+  # Complete files are left alone.
+  metrics_lib.MetricWriter(str(tmp_path), enabled=True, total_steps=4, progress=False).close()
+  assert len(read_metrics(tmp_path)) == 2
+
+
 def test_writer_api_for_task_evaluate(tmp_path):
   writer = metrics_lib.MetricWriter(str(tmp_path), enabled=True, total_steps=10, progress=False)
   writer.scalar("eval/psnr", np.float32(31.5), 3)

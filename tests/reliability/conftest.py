@@ -7,6 +7,8 @@ cached executable.
 """
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from trainer_helpers import compile_cache_dir  # noqa: F401  (session fixture)
@@ -15,8 +17,9 @@ from fault_helpers import RUN, run_ok, subprocess_env
 
 def pytest_collection_modifyitems(config, items):
   del config
-  for item in items:
-    if "/reliability/" in str(item.fspath).replace("\\", "/"):
+  here = pathlib.Path(__file__).parent
+  for item in items:  # all items of the session: mark only this folder's
+    if here in item.path.parents:
       item.add_marker(pytest.mark.reliability)
 
 

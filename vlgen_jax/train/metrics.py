@@ -151,6 +151,7 @@ class _JsonLines:
       self.lines = self.path.read_text().splitlines() if self.path.exists() else []
     else:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      _drop_torn_line(path)
       self.file = open(path, "a")
 
   def append(self, line: str) -> None:
@@ -164,6 +165,23 @@ class _JsonLines:
   def close(self) -> None:
     if not self.remote:
       self.file.close()
+
+
+def _drop_torn_line(path: str) -> None:
+  """Cuts an unfinished last line (a run killed mid-write, a machine crash),
+  so the file stays one JSON object per line when the next run appends."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b"\n":
+      return
+    f.seek(0)
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    f.truncate(keep)
+  print(f"warning: dropped an unfinished last line of {path} ({len(data) - keep} bytes)",
+        file=sys.stderr)
 
 
 def format_line(step: int, values: Mapping[str, Any]) -> str:
