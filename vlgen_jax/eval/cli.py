@@ -110,6 +110,8 @@ def score_and_report(images, captions, report_dir: str, extra: dict | None = Non
 def run(args) -> int:
   if args.num < 1:
     raise UserError(f"--num must be >= 1, got {args.num}")
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
   if args.images:
     images, captions = read_image_folder(args.images)
     report = args.report or os.path.join(args.images, "eval")

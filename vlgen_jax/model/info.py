@@ -57,6 +57,8 @@ def config_mesh(config) -> dict[str, int]:
 
 def resolve_mesh(sizes: Mapping[str, int], devices: int | None) -> dict[str, int]:
   """Fills one -1 axis so the mesh covers `devices`; validates sizes."""
+  if devices is not None and devices < 1:
+    raise UserError(f"--devices must be >= 1, got {devices}")
   sizes = dict(sizes)
   fill = [a for a, s in sizes.items() if s == -1]
   if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
