@@ -122,8 +122,8 @@ def run(args) -> int:
 
   if not os.path.isdir(args.workdir):
     raise UserError(f"--workdir {args.workdir} does not exist")
-  if args.batch_size < 1 or args.num_shards < 1:
-    raise UserError("--batch-size and --num-shards must be >= 1")
+  if args.batch_size < 1 or args.num_shards < 1 or args.threads < 1:
+    raise UserError("--batch-size, --num-shards and --threads must be >= 1")
   splits = [s.strip() for s in args.splits.split(",") if s.strip()]
   if not splits:
     raise UserError("--splits is empty")
