@@ -20,11 +20,12 @@ def _tiny(**kw):
   return VQConfig(**base)
 
 
-@pytest.mark.parametrize("ch_mult,patch,factor", [
-    ((1, 2, 2), 1, 4), ((1, 1, 2, 2), 1, 8), ((1, 1, 2, 2, 2), 1, 16),
-    ((1, 2), 4, 8), ((1, 2, 2), 4, 16), ((1,), 4, 4)])
-def test_encoder_decoder_shapes_per_factor(ch_mult, patch, factor):
-  cfg = _tiny(ch_mult=ch_mult, patch_size=patch, attn=True)
+@pytest.mark.parametrize("ch_mult,patch,factor,kernel,mid", [
+    ((1, 2, 2), 1, 4, 3, 2), ((1, 1, 2, 2), 1, 8, 3, 2), ((1, 1, 2, 2, 2), 1, 16, 3, 1),
+    ((1, 2), 4, 8, 1, 0), ((1, 2, 2), 4, 16, 1, 2), ((1,), 4, 4, 3, 0), ((1,), 8, 8, 1, 1)])
+def test_encoder_decoder_shapes_per_factor(ch_mult, patch, factor, kernel, mid):
+  cfg = _tiny(ch_mult=ch_mult, patch_size=patch, attn=True, encoder_kernel=kernel,
+              num_mid_blocks=mid)
   assert cfg.factor == factor
   model = VQModel(cfg)
   x = jnp.zeros((2, 32, 32, 3))
@@ -40,7 +41,7 @@ def test_encoder_decoder_shapes_per_factor(ch_mult, patch, factor):
 
 
 def test_forward_is_finite_and_decode_indices_matches():
-  cfg = _tiny(ch_mult=(1, 2), patch_size=2, attn=True)
+  cfg = _tiny(ch_mult=(1, 2), patch_size=2, attn=True, num_mid_blocks=1)
   model = VQModel(cfg)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
@@ -60,6 +61,8 @@ def test_config_errors_are_user_errors():
     VQConfig.from_config({"ch_mult": (1, 2), "patch_size": 1})
   with pytest.raises(UserError, match="unknown config.model fields.*nope"):
     VQConfig.from_config({"nope": 1})
+  with pytest.raises(UserError, match="encoder_kernel must be 1 or 3"):
+    VQConfig.from_config({"encoder_kernel": 5})
 
 
 def test_space_to_depth_roundtrip():

@@ -22,6 +22,8 @@ def vq_config() -> ml_collections.ConfigDict:
       "attn": False,             # self-attention at the lowest resolution
       "norm_groups": 8,          # GroupNorm groups (gcd with the channels)
       "patch_size": 1,           # space-to-depth before the first conv (1 = off)
+      "encoder_kernel": 3,       # 3: 3x3 encoder convs; 1: each token sees only its patch
+      "num_mid_blocks": 2,       # ResBlocks at the lowest resolution (encoder and decoder)
       "num_codes": 512,          # codebook size
       "code_dim": 8,             # low code dimension (LlamaGen: 8)
       "l2_normalize": True,      # l2-normalised inputs and codes

@@ -49,14 +49,15 @@ class ResBlock(nn.Module):
   features: int
   groups: int = 8
   dtype: Dtype = jnp.float32
+  kernel: int = 3
 
   @nn.compact
   def __call__(self, x):
     h = nn.swish(_norm(x.shape[-1], self.groups, dtype=self.dtype, name="norm1")(x))
-    h = _conv(self.features, dtype=self.dtype, name="conv1")(h)
+    h = _conv(self.features, self.kernel, dtype=self.dtype, name="conv1")(h)
     h = nn.swish(_norm(self.features, self.groups, dtype=self.dtype, name="norm2")(h))
     # Zero-init last conv: each block starts as the identity, which trains faster.
-    h = _conv(self.features, dtype=self.dtype, name="conv2", zero_init=True)(h)
+    h = _conv(self.features, self.kernel, dtype=self.dtype, name="conv2", zero_init=True)(h)
     if x.shape[-1] != self.features:
       x = _conv(self.features, 1, dtype=self.dtype, name="skip")(x)
     return nn.with_logical_constraint(x + h, ACT)
@@ -109,6 +110,18 @@ def _upsample(x):
   return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
 
 
+def _mid(h, num_blocks: int, attn: bool, groups: int, dtype: Dtype, kernel: int = 3):
+  """Lowest-resolution blocks: ResBlocks with the attention block (if any) in
+  the middle. Called inside a compact module, so names are its children."""
+  for i in range(num_blocks):
+    if attn and i == num_blocks // 2:
+      h = AttnBlock(groups, dtype, name="mid_attn")(h)
+    h = ResBlock(h.shape[-1], groups, dtype, kernel, name=f"mid_res{i}")(h)
+  if attn and num_blocks == 0:
+    h = AttnBlock(groups, dtype, name="mid_attn")(h)
+  return h
+
+
 class Encoder(nn.Module):
   ch: int
   ch_mult: Sequence[int]
@@ -118,23 +131,25 @@ class Encoder(nn.Module):
   groups: int = 8
   patch_size: int = 1
   dtype: Dtype = jnp.float32
+  # 3: the usual 3x3 convs (3x3 stride-2 downsampling). 1: every token sees
+  # only its own patch (1x1 convs, 2x2 stride-2 downsampling).
+  kernel: int = 3
+  num_mid_blocks: int = 2
 
   @nn.compact
   def __call__(self, x):
+    k = self.kernel
     x = space_to_depth(x.astype(self.dtype), self.patch_size)
     x = nn.with_logical_constraint(x, ACT)
-    h = _conv(self.ch * self.ch_mult[0], dtype=self.dtype, name="conv_in")(x)
+    h = _conv(self.ch * self.ch_mult[0], k, dtype=self.dtype, name="conv_in")(x)
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.groups, self.dtype, name=f"down{level}_res{i}")(h)
+        h = ResBlock(self.ch * mult, self.groups, self.dtype, k, name=f"down{level}_res{i}")(h)
       if level < len(self.ch_mult) - 1:
-        h = _conv(h.shape[-1], 3, 2, dtype=self.dtype, name=f"down{level}_down")(h)
-    h = ResBlock(h.shape[-1], self.groups, self.dtype, name="mid_res0")(h)
-    if self.attn:
-      h = AttnBlock(self.groups, self.dtype, name="mid_attn")(h)
-    h = ResBlock(h.shape[-1], self.groups, self.dtype, name="mid_res1")(h)
+        h = _conv(h.shape[-1], 3 if k == 3 else 2, 2, dtype=self.dtype, name=f"down{level}_down")(h)
+    h = _mid(h, self.num_mid_blocks, self.attn, self.groups, self.dtype, k)
     h = nn.swish(_norm(h.shape[-1], self.groups, dtype=self.dtype, name="norm_out")(h))
-    return _conv(self.z_channels, dtype=self.dtype, name="conv_out")(h)
+    return _conv(self.z_channels, k, dtype=self.dtype, name="conv_out")(h)
 
 
 class Decoder(nn.Module):
@@ -146,15 +161,13 @@ class Decoder(nn.Module):
   attn: bool = False
   groups: int = 8
   dtype: Dtype = jnp.float32
+  num_mid_blocks: int = 2
 
   @nn.compact
   def __call__(self, z):
     top = self.ch * self.ch_mult[-1]
     h = _conv(top, dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
-    h = ResBlock(top, self.groups, self.dtype, name="mid_res0")(h)
-    if self.attn:
-      h = AttnBlock(self.groups, self.dtype, name="mid_attn")(h)
-    h = ResBlock(top, self.groups, self.dtype, name="mid_res1")(h)
+    h = _mid(h, self.num_mid_blocks, self.attn, self.groups, self.dtype)
     for level in reversed(range(len(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = ResBlock(self.ch * self.ch_mult[level], self.groups, self.dtype,
@@ -174,6 +187,8 @@ class VQConfig:
   attn: bool = False
   norm_groups: int = 8
   patch_size: int = 1
+  encoder_kernel: int = 3
+  num_mid_blocks: int = 2
   num_codes: int = 512
   code_dim: int = 8
   l2_normalize: bool = True
@@ -197,9 +212,13 @@ class VQConfig:
     if not cfg.ch_mult or cfg.patch_size not in (1, 2, 4, 8, 16):
       raise UserError("config.model.ch_mult must not be empty and patch_size must be 1, 2, 4, 8 "
                       f"or 16, got {cfg.ch_mult} and {cfg.patch_size}")
+    if cfg.encoder_kernel not in (1, 3):
+      raise UserError(f"config.model.encoder_kernel must be 1 or 3, got {cfg.encoder_kernel}")
     if cfg.factor not in (4, 8, 16):
       raise UserError(f"config.model: downsampling factor patch_size * 2**(len(ch_mult) - 1) "
                       f"must be 4, 8 or 16, got {cfg.factor}")
+    if cfg.num_res_blocks < 0 or cfg.num_mid_blocks < 0:
+      raise UserError("config.model.num_res_blocks and num_mid_blocks must be >= 0")
     if cfg.num_codes < 2 or cfg.code_dim < 1:
       raise UserError("config.model.num_codes must be >= 2 and code_dim >= 1")
     return cfg
@@ -215,13 +234,15 @@ class VQModel(nn.Module):
   def setup(self):
     c = self.config
     self.encoder = Encoder(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.attn,
-                           c.norm_groups, c.patch_size, self.dtype)
+                           c.norm_groups, c.patch_size, self.dtype, c.encoder_kernel,
+                           c.num_mid_blocks)
     # 1x1 projections into and out of the low-dimensional code space.
     self.quant_conv = _conv(c.code_dim, 1, dtype=jnp.float32)
     self.quantizer = VectorQuantizer(c.num_codes, c.code_dim, c.beta, c.l2_normalize,
                                      self.compute_entropy, c.entropy_temperature)
     self.post_quant_conv = _conv(c.z_channels, 1, dtype=self.dtype)
-    self.decoder = Decoder(c.ch, c.ch_mult, c.num_res_blocks, c.attn, c.norm_groups, self.dtype)
+    self.decoder = Decoder(c.ch, c.ch_mult, c.num_res_blocks, c.attn, c.norm_groups, self.dtype,
+                           c.num_mid_blocks)
     self.to_rgb = _conv(3 * c.patch_size ** 2, dtype=self.dtype)
 
   def encode(self, x):
