@@ -27,7 +27,7 @@ HBM_BANDWIDTH = (
     ("v5p", 2.76e12), ("tpu v4", 1.2e12),
 )
 
-SMALL = ["--config.model.d_model=128", "--config.model.num_heads=4", "--config.model.mlp_dim=512",
+SMALL = ["--config.model.d_model=256", "--config.model.num_heads=8", "--config.model.mlp_dim=1024",
          "--config.model.encoder_layers=2", "--config.model.decoder_layers=4",
          "--config.model.image_vocab_size=512", "--config.model.text_length=16"]
 

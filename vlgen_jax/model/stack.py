@@ -15,11 +15,13 @@ from vlgen_jax.train import numerics
 
 
 def layer_stack(layer_cls: type[nn.Module], *, num_layers: int, in_axes: Any, remat: str = "none",
-                name: str, **layer_kwargs) -> nn.Module:
+                name: str, unroll: int = 1, **layer_kwargs) -> nn.Module:
   """Returns a module calling `layer_cls` `num_layers` times: `(carry, *args) -> (carry, ys)`.
 
   `in_axes` gives each positional argument after the carry: `nn.broadcast`
-  (same for every layer) or 0 (one slice per layer).
+  (same for every layer) or 0 (one slice per layer). `unroll` > 1 unrolls
+  the layer loop (decode: one token's step is tiny, and a nested loop per
+  step costs more than the layers themselves).
   """
   cls = layer_cls
   if remat != "none":
@@ -31,6 +33,7 @@ def layer_stack(layer_cls: type[nn.Module], *, num_layers: int, in_axes: Any, re
       split_rngs={"params": True, "dropout": True},
       in_axes=in_axes,
       length=num_layers,
+      unroll=unroll,
       metadata_params={nn.PARTITION_NAME: "layers"},
   )
   return scanned(name=name, **layer_kwargs)
