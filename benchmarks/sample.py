@@ -45,13 +45,13 @@ def main(argv=None) -> int:
   p.add_argument("--small", action=argparse.BooleanOptionalAction, default=None,
                  help="apply the small-model overrides (default: on for t2i_tiny)")
   p.add_argument("--grid", type=int, default=16, help="image token grid side (tokens = grid^2)")
-  p.add_argument("--batch-sizes", default="1,8,64")
+  p.add_argument("--batch-sizes", default="1,8,32", help="e.g. 1,8,64")
   p.add_argument("--modes", default="cached,full")
   p.add_argument("--cfg", default="1,3", help="guidance scales to run (1 = off)")
-  p.add_argument("--full-max-batch", type=int, default=8,
+  p.add_argument("--full-max-batch", type=int, default=1,
                  help="skip full recompute above this batch (it is slow by design)")
   p.add_argument("--dtype", default="auto")
-  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--json-out", default="")
   args = p.parse_args(argv)
 
