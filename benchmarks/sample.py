@@ -64,6 +64,7 @@ def main(argv=None) -> int:
   from vlgen_jax.model.task import empty_caption_ids
   from vlgen_jax.sample import sampler
   from vlgen_jax.train import sharding
+  from vlgen_jax.train.metrics import peak_flops
 
   small = args.small if args.small is not None else args.config.endswith("t2i_tiny.py")
   overrides = (SMALL if small else []) + [
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
   n_params = sum(x.size for x in jax.tree.leaves(sharding.unbox(abstract)))
   empty = empty_caption_ids(config)
   bw = bandwidth(device)
+  peak = peak_flops(device)
   act_bytes = jnp.dtype(spec.compute_dtype()).itemsize
 
   rows = []
@@ -111,6 +113,11 @@ def main(argv=None) -> int:
         row = {"mode": mode, "cfg_scale": cfg, "batch": bs, "seconds": t,
                "first_call_s": compile_s, "images_per_s": bs / t,
                "tokens_per_s": bs * spec.num_image_tokens / t}
+        # Model FLOPs of cached decoding: 2 x params per token and row (x2 rows
+        # with CFG); MFU is n/a on CPU (no peak in the table).
+        rows_per_image = 2 if cfg != 1.0 else 1
+        flops = 2.0 * n_params * rows_per_image * bs * spec.num_image_tokens
+        row["mfu"] = flops / t / peak if (peak and mode == "cached") else None
         if bw and mode == "cached":
           rows_in_batch = bs * (2 if cfg != 1.0 else 1)
           cache_bytes = (2 * spec.decoder_layers * rows_in_batch * spec.num_image_tokens *
@@ -121,7 +128,8 @@ def main(argv=None) -> int:
           row.update(floor_s=floor, ratio_to_floor=t / floor)
         rows.append(row)
         print(f"{mode:>6}  cfg={cfg:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
-              f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s"
+              f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s  "
+              f"MFU {'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}"
               + (f"  {row['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in row else ""),
               flush=True)
 
@@ -132,10 +140,11 @@ def main(argv=None) -> int:
                 and x["cfg_scale"] == r["cfg_scale"]), None)
       if c:
         speedups[f"batch{r['batch']}_cfg{r['cfg_scale']:g}"] = r["seconds"] / c["seconds"]
-  print("\n| mode | cfg | batch | ms | tokens/s | images/s |\n|---|---|---|---|---|---|")
+  print("\n| mode | cfg | batch | ms | tokens/s | images/s | MFU |\n|---|---|---|---|---|---|---|")
   for r in rows:
+    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
     print(f"| {r['mode']} | {r['cfg_scale']:g} | {r['batch']} | {r['seconds']*1e3:.1f} | "
-          f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} |")
+          f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} | {mfu} |")
   for k, v in speedups.items():
     print(f"cache speedup {k}: {v:.1f}x")
   result = {"benchmark": "sample", "device": device.device_kind, "platform": device.platform,
