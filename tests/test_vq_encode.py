@@ -27,6 +27,9 @@ TINY = {
     "checkpoint_every": 4, "vq_eval.num_examples": 16, "vq_eval.batch_size": 8,
     "vq_eval.grid_examples": 3, "data.name": DATA_NAME, "data.prefetch": 0,
     "codebook.num_recent": 64, "codebook.dead_after": 2,
+    # The GAN (own optimizer, switched on at step 2) rides along in the same run.
+    "loss.gan.enabled": True, "loss.gan.start_step": 2, "loss.gan.ch": 8,
+    "loss.gan.num_layers": 1,
 }
 
 
@@ -53,7 +56,12 @@ def test_trainer_logs_codebook_health_and_eval(vq_workdir):
   lines = [json.loads(l) for l in (vq_workdir / "metrics.jsonl").read_text().splitlines()]
   train_keys = set().union(*(l.keys() for l in lines if "train/loss" in l))
   assert {"train/psnr", "train/codebook_usage", "train/perplexity", "train/codebook_restarts",
-          "train/recon_loss", "train/commit_loss"} <= train_keys
+          "train/recon_loss", "train/commit_loss", "train/g_loss", "train/d_loss",
+          "train/learning_rate/generator", "train/learning_rate/discriminator"} <= train_keys
+  by_step = {l["step"]: l for l in lines if "train/loss" in l}
+  # Two optimizers with their own learning rates; the GAN is on from step 2.
+  assert by_step[2]["train/learning_rate/discriminator"] < by_step[2]["train/learning_rate/generator"]
+  assert by_step[4]["train/gan_weight"] > 0
   final = [l for l in lines if "val/psnr" in l][-1]
   assert final["step"] == 4 and final["val/examples"] == 16
   assert 0 < final["val/codebook_usage"] <= 1 and 0 <= final["val/fidelity"] <= 1
