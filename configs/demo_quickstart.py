@@ -20,12 +20,14 @@ def get_config():
   c.text_vocab_size = 128
   c.vq = ml_collections.ConfigDict({
       "config": "configs/vq_shapes.py",
-      "overrides": ("total_steps=1500",),
+      "overrides": ("total_steps=1500", "eval_every=0", "checkpoint_every=500"),
   })
   c.t2i = ml_collections.ConfigDict({
       "config": "configs/t2i_shapes.py",
-      "overrides": ("total_steps=2000", "model.d_model=192", "model.num_heads=6",
-                    "model.mlp_dim=768", "model.decoder_layers=4"),
+      "overrides": ("total_steps=500", "model.d_model=128", "model.num_heads=4",
+                    "model.mlp_dim=512", "model.encoder_layers=1", "model.decoder_layers=3",
+                    "optimizer.learning_rate=2e-3", "optimizer.warmup_steps=50",
+                    "log_every=50", "eval_every=0", "checkpoint_every=250"),
   })
   c.sample = ml_collections.ConfigDict({
       "prompts": ("a large red circle in the center",
