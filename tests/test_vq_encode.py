@@ -1,7 +1,9 @@
 """Tokenizer through the trainer, the encode/decode API, sharded encode, and
 `vlgen encode` -> token dataset -> stage-2 input pipeline round trip."""
 import json
-import pathlib
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,6 +19,7 @@ from vlgen_jax.train import checkpoint
 from vlgen_jax.vq import evaluation
 from vlgen_jax.vq.api import VQTokenizer
 from vlgen_jax.vq.task import VQTask
+from trainer_helpers import REPO_ROOT, compile_cache_dir, subprocess_env  # noqa: F401
 
 DATA_NAME = "shapes/res64_train512_val64_heldout64"
 TINY = {
@@ -191,9 +194,47 @@ def test_evaluate_grid_shows_originals_and_reconstructions(vq_workdir):
   assert out["val/examples"] == 16 and 0 <= out["val/fidelity"] <= 1
   grid, step = writer.images["val/reconstructions"]
   assert step == 7 and grid.shape == (3 * 64 + 2 * 2, 2 * 64 + 2, 3) and grid.dtype == np.uint8
-  originals, _ = evaluation.load_examples(task, "validation", 3)
+  originals, _, skipped = evaluation.load_examples(task, "validation", 3)
+  assert skipped == 0 and out["val/skipped"] == 0
   rec = VQTokenizer.from_workdir(str(vq_workdir)).decode_uint8(
       VQTokenizer.from_workdir(str(vq_workdir)).encode(originals))
   for i in range(3):
     np.testing.assert_array_equal(grid[i * 66:i * 66 + 64, :64], originals[i])
     assert np.abs(grid[i * 66:i * 66 + 64, 66:].astype(int) - rec[i]).max() <= 1
+
+
+@pytest.mark.multiprocess
+def test_two_process_encode_equals_one_process(vq_workdir, tmp_path, compile_cache_dir):
+  """Two jax.distributed processes (4 CPU devices each) split every split's
+  records and write their own shards of one dataset: the same records as one
+  process with 8 devices."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  out_two, out_one = tmp_path / "two", tmp_path / "one"
+  args = ["--workdir", str(vq_workdir), "--splits", "validation", "--batch-size", "24",
+          "--num-shards", "1"]
+  procs = []
+  for i in range(2):
+    env = subprocess_env(compile_cache_dir, devices=4, extra={
+        "VLGEN_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "VLGEN_NUM_PROCESSES": "2",
+        "VLGEN_PROCESS_ID": str(i)})
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "vlgen_jax.cli", "encode", "--output", str(out_two), *args],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  try:
+    results = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0, err[-3000:]
+  assert cli.main(["encode", "--output", str(out_one), *args]) == 0
+
+  info = json.loads((out_two / "dataset_info.json").read_text())
+  assert sorted(info["splits"]["validation"]["shards"]) == [
+      "validation-00000-of-00002.array_record", "validation-00001-of-00002.array_record"]
+  two = sorted((c, t.tolist()) for t, c in TokenRecordSource(str(out_two), "validation"))
+  one = sorted((c, t.tolist()) for t, c in TokenRecordSource(str(out_one), "validation"))
+  assert len(two) == 64 and two == one

@@ -1,7 +1,7 @@
 """`vlgen encode`: a dataset's splits -> VQ token grids, once, for stage 2.
 
     vlgen encode --workdir runs/vq --output data/shapes_tokens \\
-        [--config configs/t2i_shapes.py] [--splits train,validation]
+        [--config configs/vq_shapes.py --config.data.data_dir=...] [--splits train,validation]
 
 Reads the images and captions of each split (the data of `--config`, else of
 the tokenizer's own run), encodes them with the tokenizer of `--workdir`

@@ -22,27 +22,33 @@ from vlgen_jax.vq import quantizer as quantizer_lib
 BATCH_AXES = ("data", "fsdp")
 
 
-def load_examples(task, split: str, limit: int) -> tuple[np.ndarray, list[str]]:
-  """The first `limit` decodable (image uint8, caption) records of `split`."""
+def load_examples(task, split: str, limit: int) -> tuple[np.ndarray, list[str], int]:
+  """The first `limit` decodable records of `split`: (uint8 images, captions
+  ("" where a record has none), number of undecodable records skipped)."""
   from vlgen_jax.data import decode, pipeline  # pylint: disable=g-import-not-at-top
-  data = task._data_config()  # pylint: disable=protected-access
+  data = task.data_config()
   source = pipeline.make_source(data, split)
-  images, captions = [], []
+  images, captions, skipped = [], [], 0
   for i in range(len(source)):
     if len(images) >= limit:
       break
     raw = source[i]
     try:
-      image, _ = decode.load_image(raw.get("image"), int(data.resolution))
-      choices = decode.caption_choices(raw.get("caption")) if raw.get("caption") is not None else []
-      caption = decode.decode_caption(choices[0]) if choices else ""
+      if raw.get("image") is None or raw.get("error"):
+        raise decode.BadRecord(decode.MISSING_FILE)
+      image, _ = decode.load_image(raw["image"], int(data.resolution))
+      caption = ""
+      if raw.get("caption") is not None:
+        choices = decode.caption_choices(raw["caption"])
+        caption = decode.decode_caption(choices[0]) if choices else ""
     except decode.BadRecord:
-      continue  # Evaluation uses the next good record instead.
+      skipped += 1  # Evaluation takes the next good record instead.
+      continue
     images.append(decode.from_model_range(image))
     captions.append(caption)
   if not images:
-    return np.zeros((0, data.resolution, data.resolution, 3), np.uint8), []
-  return np.stack(images), captions
+    return np.zeros((0, data.resolution, data.resolution, 3), np.uint8), [], skipped
+  return np.stack(images), captions, skipped
 
 
 def _mesh_of(params) -> jax.sharding.Mesh | None:
@@ -118,9 +124,9 @@ def is_shapes(data_config) -> bool:
 def evaluate(task, params, step: int, writer) -> dict[str, Any]:
   cfg = task.config.vq_eval
   split = task.config.eval_split
-  images, captions = _cached_examples(task, split, int(cfg.num_examples))
+  images, captions, skipped = _cached_examples(task, split, int(cfg.num_examples))
   if not len(images):
-    return {}
+    return {"val/examples": 0, "val/skipped": skipped}
   x_rec, indices = reconstruct(task, params, images, int(cfg.batch_size))
   x = images.astype(np.float32) / 127.5 - 1.0
   counts = quantizer_lib.code_counts(jnp.asarray(indices), task.model_config.num_codes)
@@ -129,6 +135,7 @@ def evaluate(task, params, step: int, writer) -> dict[str, Any]:
       "val/codebook_usage": float(jnp.mean((counts > 0).astype(jnp.float32))),
       "val/perplexity": float(quantizer_lib.perplexity(counts)),
       "val/examples": len(images),
+      "val/skipped": skipped,
   }
   rec_uint8 = np.asarray(losses.to_uint8(jnp.asarray(x_rec)))
   if cfg.fidelity and is_shapes(task.config.data) and all(captions):

@@ -58,7 +58,7 @@ class VQTask(Task):
     self._flops = None
 
   # ---- input -----------------------------------------------------------------
-  def _data_config(self) -> ml_collections.ConfigDict:
+  def data_config(self) -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict(self.config.data.to_dict())
     data.tokenizer = ""  # images only
     return data
@@ -66,7 +66,7 @@ class VQTask(Task):
   def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
                      process_index: int, process_count: int) -> Iterator[dict]:
     from vlgen_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    data = self._data_config()
+    data = self.data_config()
     if data.source == "tokens":
       raise UserError("a vq config needs image data, not data.source=tokens")
     it = pipeline.make_iterator(data, split=split, batch_size=batch_size, seed=seed, train=train,
