@@ -20,13 +20,13 @@ def get_config(arg: str = ""):
   # learns several times faster per step than a pixel-level conv pyramid
   # (docs/vq.md, "Recipe").
   c.model.update(dict(
-      ch=256, ch_mult=(1,), num_res_blocks=1, num_mid_blocks=0, patch_size=8,
+      ch=192, ch_mult=(1,), num_res_blocks=1, num_mid_blocks=0, patch_size=8,
       encoder_kernel=1, z_channels=64, num_codes=512, code_dim=8, l2_normalize=True,
       beta=0.25))
 
   c.batch_size = 16
-  c.total_steps = 3000
-  c.optimizer.learning_rate = 2e-3
+  c.total_steps = 3500
+  c.optimizer.learning_rate = 3e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 0
   c.optimizer.b2 = 0.95
@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
   c.codebook.update(dict(restart=True, dead_after=50, num_recent=1024, usage_window=100))
 
   c.log_every = 100
-  c.eval_every = 1000
+  c.eval_every = 500
   c.eval_steps = 4
   c.checkpoint_every = 1000
   c.vq_eval.num_examples = 500

@@ -63,7 +63,8 @@ def test_trainer_logs_codebook_health_and_eval(vq_workdir):
           "train/learning_rate/generator", "train/learning_rate/discriminator"} <= train_keys
   by_step = {l["step"]: l for l in lines if "train/loss" in l}
   # Two optimizers with their own learning rates; the GAN is on from step 2.
-  assert by_step[2]["train/learning_rate/discriminator"] < by_step[2]["train/learning_rate/generator"]
+  lr = {k: by_step[2][f"train/learning_rate/{k}"] for k in ("generator", "discriminator")}
+  assert lr["discriminator"] < lr["generator"]
   assert by_step[4]["train/gan_weight"] > 0
   final = [l for l in lines if "val/psnr" in l][-1]
   assert final["step"] == 4 and final["val/examples"] == 16

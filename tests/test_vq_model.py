@@ -156,7 +156,8 @@ def test_loss_values():
   np.testing.assert_allclose(losses.hinge_g_loss(jnp.array([1.0, 3.0])), -2.0)
   np.testing.assert_allclose(losses.adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 10.0])),
                              5.0 / (10.0 + 1e-4), rtol=1e-6)
-  np.testing.assert_array_equal(losses.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255])
+  np.testing.assert_array_equal(losses.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])),
+                                [0, 128, 255, 255])
 
 
 def test_patch_discriminator_shape():

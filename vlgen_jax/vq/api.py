@@ -8,15 +8,14 @@
 jitted once per batch shape and spread the batch over all devices (a 1-D
 "data" mesh; the batch is padded to a multiple of the device count), with
 the params replicated. With several processes, `encode`/`decode` expect the
-same input on every process; `encode_global` takes each process's own rows. `decode(encode(x))` equals the reconstruction of the
-model's forward pass.
+same input on every process; `encode_global` takes each process's own rows.
+`decode(encode(x))` equals the reconstruction of the model's forward pass.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P

@@ -50,6 +50,7 @@ def vq_config() -> ml_collections.ConfigDict:
       },
   })
 
+  # Steps here count training batches seen (micro-batches with accumulation).
   c.codebook = ml_collections.ConfigDict({
       "usage_window": 100,       # steps of the rolling usage window
       "restart": True,           # dead-code restart in post_update

@@ -13,14 +13,12 @@ both train in the trainer's single jit-compiled step.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Iterator
+from typing import Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.train import numerics
@@ -118,7 +116,7 @@ class VQTask(Task):
       metrics["entropy_loss"] = aux["entropy_loss"]
 
     if self.gan:
-      gan_total, gan_metrics = self._gan_loss(params, x, x_rec, features, nll, step)
+      gan_total, gan_metrics = self._gan_loss(params, x, x_rec, features, step)
       total = total + gan_total
       metrics.update(gan_metrics)
 
@@ -135,11 +133,12 @@ class VQTask(Task):
       cb_state = codebook_lib.update(model_state["codebook"], indices, aux["latents"],
                                      aux["errors"], rng)
       new_state = {**model_state, "codebook": cb_state}
-      metrics["codebook_usage"] = codebook_lib.usage(cb_state, int(self.config.codebook.usage_window))
+      window = int(self.config.codebook.usage_window)
+      metrics["codebook_usage"] = codebook_lib.usage(cb_state, window)
       metrics["codebook_restarts"] = model_state["codebook"]["restarts"].astype(jnp.float32)
     return total, (metrics, new_state)
 
-  def _gan_loss(self, params, x, x_rec, features, nll, step):
+  def _gan_loss(self, params, x, x_rec, features, step):
     """Generator + discriminator terms of the single scalar loss (module doc)."""
     g = self.loss_config.gan
     on = (step >= int(g.start_step)).astype(jnp.float32)
