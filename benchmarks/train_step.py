@@ -90,27 +90,11 @@ def _case_overrides(case: dict, args) -> list[str]:
 
 def _state_shardings(task, config, mesh, rules, key, example_abstract):
   """(abstract TrainState, its shardings, param shardings, init_fn, tx,
-  schedules), built the way vlgen_jax.train.trainer.train builds them."""
-  import jax
-  from vlgen_jax.train import sharding as shd
-  from vlgen_jax.train import step as step_lib
-  from vlgen_jax.train.optimizer import make_optimizer
-
-  boxed_params, boxed_model_state = jax.eval_shape(task.init, key, example_abstract)
-  labels = task.optimizer_labels(shd.unbox(boxed_params))
-  tx, schedules = make_optimizer(config, labels)
-  init_fn = step_lib.make_init_fn(task, tx)
-  abstract_state = jax.eval_shape(init_fn, key, example_abstract)
-  replicated = shd.replicated(mesh)
-  param_shardings = shd.logical_to_shardings(shd.logical_specs(boxed_params), mesh, rules)
-  model_state_shardings = shd.logical_to_shardings(
-      shd.logical_specs(boxed_model_state), mesh, rules)
-  state_shardings = step_lib.TrainState(
-      step=replicated, params=param_shardings,
-      opt_state=shd.mirror_shardings(abstract_state.opt_state, abstract_state.params,
-                                     param_shardings, mesh),
-      model_state=model_state_shardings, rng=replicated, skipped_steps=replicated)
-  return abstract_state, state_shardings, param_shardings, init_fn, tx, schedules
+  schedules), from the trainer's own `abstract_train_state`."""
+  from vlgen_jax.train.trainer import abstract_train_state
+  abstract_state, state_shardings, init_fn, tx, schedules = abstract_train_state(
+      task, config, mesh, rules, key, example_abstract)
+  return abstract_state, state_shardings, state_shardings.params, init_fn, tx, schedules
 
 
 def _memory_fields(compiled) -> dict:

@@ -38,6 +38,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlgen_jax.errors import UserError
+from vlgen_jax.train.optimizer import path_name
 from vlgen_jax.train.step import TrainState
 
 PyTree = Any
@@ -264,24 +265,12 @@ def _agree_on_error(error: str | None) -> str | None:
   return error
 
 
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ("key", "idx", "name"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
 def compare_trees(saved: PyTree, target: PyTree) -> list[str]:
   """Differences between a checkpoint's array metadata and a target tree
   (ShapeDtypeStructs), params first: one readable line each."""
   def flat(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(p): (tuple(v.shape), str(v.dtype)) for p, v in leaves}
+    return {path_name(p): (tuple(v.shape), str(v.dtype)) for p, v in leaves}
 
   have, want = flat(saved), flat(target)
   order = lambda p: (0 if p.startswith("params/") else 1, p)  # noqa: E731

@@ -29,6 +29,25 @@ class NonFiniteError(RuntimeError):
   """Raised under nan_policy=halt when a step's loss or gradient norm is not finite."""
 
 
+def abstract_train_state(task, config, mesh, rules, key, example_abstract):
+  """Shapes and shardings of the TrainState, without compiling anything:
+  `(abstract_state, state_shardings, init_fn, tx, schedules)`."""
+  boxed_params, boxed_model_state = jax.eval_shape(task.init, key, example_abstract)
+  labels = task.optimizer_labels(shd.unbox(boxed_params))
+  tx, schedules = make_optimizer(config, labels)
+  init_fn = step_lib.make_init_fn(task, tx)
+  abstract_state = jax.eval_shape(init_fn, key, example_abstract)
+  replicated = shd.replicated(mesh)
+  param_shardings = shd.logical_to_shardings(shd.logical_specs(boxed_params), mesh, rules)
+  state_shardings = step_lib.TrainState(
+      step=replicated, params=param_shardings,
+      opt_state=shd.mirror_shardings(abstract_state.opt_state, abstract_state.params,
+                                     param_shardings, mesh),
+      model_state=shd.logical_to_shardings(shd.logical_specs(boxed_model_state), mesh, rules),
+      rng=replicated, skipped_steps=replicated)
+  return abstract_state, state_shardings, init_fn, tx, schedules
+
+
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
           ) -> step_lib.TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and
@@ -71,22 +90,11 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
     # Shapes only until every check has passed: nothing compiles before that.
     key = jax.eval_shape(jax.random.PRNGKey, int(config.seed))
     example_abstract = shd.abstract_batch(example, mesh, batch_size)
-    boxed_params, boxed_model_state = jax.eval_shape(task.init, key, example_abstract)
-    labels = task.optimizer_labels(shd.unbox(boxed_params))
-    tx, schedules = make_optimizer(config, labels)
-    init_fn = step_lib.make_init_fn(task, tx)
-    abstract_state = jax.eval_shape(init_fn, key, example_abstract)
-
     # ---- shardings -----------------------------------------------------------------
+    abstract_state, state_shardings, init_fn, tx, schedules = abstract_train_state(
+        task, config, mesh, rules, key, example_abstract)
+    param_shardings, model_state_shardings = state_shardings.params, state_shardings.model_state
     replicated = shd.replicated(mesh)
-    param_shardings = shd.logical_to_shardings(shd.logical_specs(boxed_params), mesh, rules)
-    model_state_shardings = shd.logical_to_shardings(
-        shd.logical_specs(boxed_model_state), mesh, rules)
-    state_shardings = step_lib.TrainState(
-        step=replicated, params=param_shardings,
-        opt_state=shd.mirror_shardings(abstract_state.opt_state, abstract_state.params,
-                                       param_shardings, mesh),
-        model_state=model_state_shardings, rng=replicated, skipped_steps=replicated)
     shd.check_divisible(abstract_state.params, param_shardings, "param")
     shd.check_divisible(abstract_state.model_state, model_state_shardings, "model state")
     batch_sharding = shd.batch_sharding(mesh)
