@@ -72,3 +72,32 @@ def test_dropout_only_in_training(setup):
   assert float(loss(params, jax.random.key(1), True)) == float(a)  # seeded
   evals = {float(loss(params, jax.random.key(i), False)) for i in range(2)}
   assert len(evals) == 1 and float(a) not in evals
+
+
+def test_unrolled_layers_compute_the_same_loss_and_gradients(setup):
+  """`unroll_layers` only unrolls the scan: same params, same numbers, no loop."""
+  ref_task, batch, params = setup
+  task = _task("--config.model.unroll_layers=True")
+
+  def scan_unrolls(t):  # (length, unroll) of every top-level scan in the gradient
+    eqns = jax.make_jaxpr(_grad_fn(t))(params, batch).jaxpr.eqns
+    return [(e.params["length"], e.params["unroll"]) for e in eqns if e.primitive.name == "scan"]
+
+  assert scan_unrolls(ref_task) and all(u == 1 for _, u in scan_unrolls(ref_task))
+  assert scan_unrolls(task) and all(u == n for n, u in scan_unrolls(task))
+  abstract = lambda t: jax.tree.map(  # noqa: E731
+      lambda x: x.shape, nn.unbox(jax.eval_shape(t.init, jax.random.key(0), batch)[0]))
+  assert abstract(task) == abstract(ref_task)
+  grads = jax.jit(_grad_fn(task))(params, batch)
+  ref = jax.jit(_grad_fn(ref_task))(params, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref)
+
+
+def test_relu2_mlp_is_squared_relu():
+  from vlgen_jax.model.layers import MLP
+  mlp = MLP(d_model=4, mlp_dim=8, kind="relu2")
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+  params = mlp.init(jax.random.key(1), x)["params"]
+  wi, wo = nn.unbox(params)["wi"]["kernel"], nn.unbox(params)["wo"]["kernel"]
+  expected = np.maximum(np.asarray(x) @ np.asarray(wi), 0) ** 2 @ np.asarray(wo)
+  np.testing.assert_allclose(mlp.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)

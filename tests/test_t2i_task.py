@@ -206,7 +206,7 @@ def test_text_length_is_one_setting(token_dataset):
 
 # ---- FLOPs -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu", "relu2"])
 def test_forward_flops_match_xla_cost_analysis(mlp):
   """Analytic matmul + attention FLOPs vs XLA's count for one layer each (XLA
   counts a scan body once, so one layer keeps the comparison exact)."""

@@ -32,6 +32,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       "dropout": 0.0,
       "norm_eps": 1e-6,
       "attention_impl": "xla",    # xla | cudnn (flash attention on NVIDIA GPUs)
+      "unroll_layers": False,     # True: unroll the layer scan (faster on CPU; same params)
       # Loss.
       "z_loss": 1e-4,             # coefficient of mean(logsumexp^2)
       "cond_dropout": 0.1,        # fraction of captions replaced by the empty caption

@@ -101,7 +101,7 @@ class ImageDecoder(nn.Module):
                "decode": (0, nn.broadcast, nn.broadcast)}[mode]
     stack = layer_stack(DecoderLayer, num_layers=s.decoder_layers, in_axes=in_axes,
                         remat=s.remat if (remat and mode == "train") else "none", name="layers",
-                        unroll=s.decoder_layers if mode == "decode" else 1,
+                        unroll=s.decoder_layers if (mode == "decode" or s.unroll_layers) else 1,
                         spec=s, dtype=self.dtype, deterministic=deterministic, mode=mode)
     if mode == "cross_kv":
       _, (k, v) = stack(encoded)

@@ -108,7 +108,7 @@ class Norm(nn.Module):
 
 
 class MLP(nn.Module):
-  """GELU (wi, wo) or SwiGLU (wi_gate, wi, wo) feed-forward block."""
+  """GELU or squared-ReLU (wi, wo), or SwiGLU (wi_gate, wi, wo) feed-forward block."""
   d_model: int
   mlp_dim: int
   kind: str = "gelu"
@@ -122,6 +122,8 @@ class MLP(nn.Module):
     if self.kind == "swiglu":
       gate = DenseGeneral((self.mlp_dim,), ("embed", "mlp"), dtype=self.dtype, name="wi_gate")(x)
       h = nn.silu(gate) * h
+    elif self.kind == "relu2":
+      h = jnp.square(nn.relu(h))
     else:
       h = nn.gelu(h, approximate=True)
     h = constrain(h, BATCH_LENGTH_MLP)

@@ -58,6 +58,7 @@ class TextEncoder(nn.Module):
     stack = layer_stack(EncoderLayer, num_layers=s.encoder_layers,
                         in_axes=(nn.broadcast, nn.broadcast),
                         remat=s.remat if remat else "none", name="layers",
+                        unroll=s.encoder_layers if s.unroll_layers else 1,
                         spec=s, dtype=self.dtype, deterministic=deterministic)
     x, _ = stack(x, key_mask, positions)
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
