@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlgen_jax.eval import training_eval
 from vlgen_jax.model import synthetic
 from vlgen_jax.train.defaults import trainer_config
 
@@ -70,6 +71,9 @@ def t2i_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   # color accuracy 0.85 vs 0.70, 200 validation captions).
   c.sample = ml_collections.ConfigDict({
       "cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})
+  # In-training sample evaluation (vlgen_jax/eval/training_eval.py): off
+  # unless `num` > 0; runs at eval steps, with the `sample` options above.
+  c.sample_eval = training_eval.default_config()
   return c
 
 

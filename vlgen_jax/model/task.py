@@ -56,6 +56,7 @@ class TextToImageTask(Task):
     self.empty_caption = empty_caption_ids(config)
     self._train_iterator = None
     self._tokenizer = None
+    self._sample_evaluator = None
 
   # ---- input -------------------------------------------------------------
   def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
@@ -141,6 +142,18 @@ class TextToImageTask(Task):
     logits = self.model.apply({"params": params}, text_ids, image_tokens, train=train, rngs=rngs)
     loss, metrics = token_cross_entropy(logits, image_tokens, z_loss=self.z_loss)
     return loss, (metrics, model_state)
+
+  # ---- evaluation ----------------------------------------------------------
+  def evaluate(self, params, model_state, step: int, writer) -> dict[str, float]:
+    """Samples the fixed captions of `config.sample_eval` and scores them
+    (vlgen_jax/eval/training_eval.py); nothing when it is off or not due."""
+    from vlgen_jax.eval import training_eval
+    if not training_eval.is_due(self.config, step):
+      return {}
+    if self._sample_evaluator is None:
+      self._sample_evaluator = training_eval.SampleEvaluator(self.config, self.model,
+                                                             self.tokenizer())
+    return self._sample_evaluator(params, step, writer)
 
   # ---- accounting ---------------------------------------------------------
   def flops_per_example(self) -> float:

@@ -67,6 +67,7 @@ class MetricWriter:
   def __init__(self, workdir: str, *, enabled: bool, total_steps: int, initial_step: int = 0,
                progress: bool = True):
     self.enabled = enabled
+    self.workdir = str(workdir)
     self._pending: dict[str, Any] = {}
     self._tb = self._jsonl = self._bar = None
     if not enabled:

@@ -1,0 +1,86 @@
+"""In-training sample evaluation of t2i runs (vlgen_jax/eval/training_eval.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlgen_jax import cli
+from vlgen_jax.config import load_config
+from vlgen_jax.errors import UserError
+from vlgen_jax.eval import training_eval
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _t2i_args(demo, workdir, *extra):
+  """`vlgen train` of the tiny demo's t2i model on its token dataset."""
+  recipe = load_config(os.path.join(REPO_ROOT, "configs/demo_tiny.py"), [])
+  return ["train", "--config", os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
+          "--workdir", str(workdir),
+          f"--config.data.data_dir={demo / 'tokens'}",
+          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
+          *[f"--config.{o}" for o in recipe.t2i.overrides], *extra]
+
+
+def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_dir, tmp_path):
+  from vlgen_jax.sample.generator import Generator
+  workdir = tmp_path / "t2i"
+  assert cli.main(_t2i_args(demo_tiny_dir, workdir, "--config.total_steps=4",
+                            "--config.eval_every=2", "--config.sample_eval.num=6",
+                            "--config.sample_eval.batch_size=4")) == 0
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = {x["step"]: x for x in lines if "sample/fidelity" in x}
+  assert sorted(evals) == [2, 4]
+  for x in evals.values():
+    assert x["sample/unscored"] == 0
+    assert 0.0 <= x["sample/fidelity"] <= 1.0 and 0.0 <= x["sample/color"] <= 1.0
+  events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").iterdir())
+  assert b"sample/grid" in events and b"sample/fidelity" in events
+
+  # The step-4 grid is exactly what the exported params sample for the same
+  # captions, options and seed: the evaluator used the live params.
+  gen = Generator.load(str(workdir))
+  config = gen.config
+  evaluator = training_eval.SampleEvaluator(config, gen.model, gen.tokenizer)
+  assert len(evaluator.captions) == 6 and all(evaluator.captions)
+  images, _ = gen.generate(evaluator.captions, training_eval.sampling_options(config),
+                           seed=0, batch_size=4)
+  scores, summary = training_eval.score_samples(images, evaluator.captions)
+  assert summary["sample/fidelity"] == pytest.approx(evals[4]["sample/fidelity"])
+  saved = np.asarray(Image.open(workdir / "samples" / "step_4.png").convert("RGB"))
+  np.testing.assert_array_equal(saved, training_eval.sample_grid(images, evaluator.captions,
+                                                                 scores))
+
+
+def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
+  c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
+                  ["--config.total_steps=10", "--config.sample_eval.every=4"])
+  assert not training_eval.is_due(c, 4)  # num = 0: off by default
+  with c.unlocked():
+    c.sample_eval.num = 3
+  assert [s for s in range(1, 11) if training_eval.is_due(c, s)] == [4, 8, 10]
+
+  # Synthetic data has no VQ to draw with: one line, before any training.
+  with pytest.raises(UserError, match="sample_eval needs a token dataset"):
+    training_eval.SampleEvaluator(load_config(os.path.join(REPO_ROOT, "configs/t2i_tiny.py"),
+                                              ["--config.sample_eval.num=2"]), None, None)
+  with pytest.raises(UserError, match="VQ run .* not found"):
+    c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
+                    [f"--config.data.data_dir={demo_tiny_dir / 'tokens'}",
+                     "--config.sample_eval.num=2",
+                     f"--config.sample_eval.vq_workdir={tmp_path / 'nowhere'}"])
+    training_eval.SampleEvaluator(c, None, None)
+
+
+def test_unscored_captions_are_counted_and_framed_gray():
+  images = np.zeros((2, 32, 32, 3), np.uint8)
+  scores, out = training_eval.score_samples(images, ["a photo of a cat",
+                                                     "a large red circle in the center"])
+  assert scores[0] is None and out["sample/unscored"] == 1.0
+  assert out["sample/fidelity"] == 0.0 and out["sample/count"] == 0.0  # blank image
+  grid = training_eval.sample_grid(images, ["a photo of a cat", "x"], scores)
+  assert grid.dtype == np.uint8 and grid.ndim == 3

@@ -1,0 +1,143 @@
+"""In-training sample evaluation of a text-to-image run (`TextToImageTask.evaluate`).
+
+At each eval step (every `config.sample_eval.every` steps, and at the last
+step) the trainer's current params sample one image for each of a fixed set
+of captions, the first `config.sample_eval.num` of the token dataset's
+`config.sample_eval.split`, with the run's `config.sample` options and a
+fixed seed, so successive grids differ only by training. The VQ decoder is
+the one named in the token dataset's metadata (or `sample_eval.vq_workdir`).
+
+Logged: `sample/fidelity` and the per-attribute accuracies (shapes
+captions; other captions are counted in `sample/unscored`), and a grid of
+the samples with their captions (green / red frames: caption satisfied or
+not) as the TensorBoard image `sample/grid`, also saved as
+`WORKDIR/samples/step_<step>.png`.
+
+Every process runs the sampler (params are sharded over all of them); only
+process 0 scores and writes.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from vlgen_jax.errors import UserError
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "num": 0,              # captions sampled at each sample eval; 0 disables it
+      "every": 0,            # steps between sample evals (0: at every eval_every)
+      "split": "validation",  # token dataset split the captions come from
+      "batch_size": 64,
+      "seed": 0,
+      "vq_workdir": "",      # default: the token dataset's `vq_workdir`
+  })
+
+
+def sampling_options(config):
+  """The run's `config.sample` defaults as validated SamplingOptions."""
+  from vlgen_jax.sample.sampler import SamplingOptions
+  s = config.get("sample", None) or {}
+  return SamplingOptions(temperature=float(s.get("temperature", 1.0)),
+                         top_k=int(s.get("top_k", 0)), top_p=float(s.get("top_p", 1.0)),
+                         cfg_scale=float(s.get("cfg_scale", 1.0)),
+                         cfg_schedule=str(s.get("cfg_schedule", "constant"))).validate()
+
+
+def is_due(config, step: int) -> bool:
+  se = config.get("sample_eval", None)
+  if not se or int(se.num) <= 0:
+    return False
+  every = int(se.every)
+  return every <= 0 or step % every == 0 or step == int(config.total_steps)
+
+
+class SampleEvaluator:
+  """Built once per run (loads captions and the VQ decoder), called per eval."""
+
+  def __init__(self, config, model, tokenizer):
+    from vlgen_jax.data import token_records
+    from vlgen_jax.vq.api import VQTokenizer
+    se = config.sample_eval
+    if int(se.num) < 1 or int(se.batch_size) < 1:
+      raise UserError("config.sample_eval.num and batch_size must be >= 1")
+    data_dir = config.data.get("data_dir", "")
+    if config.data.get("source", "") != "tokens" or not data_dir:
+      raise UserError("config.sample_eval needs a token dataset (data.source=tokens); "
+                      "set --config.sample_eval.num=0 to turn it off")
+    source = token_records.TokenRecordSource(data_dir, str(se.split))
+    self.captions = [caption for _, caption in
+                     (token_records.decode_token_record(source[i])
+                      for i in range(min(int(se.num), len(source))))]
+    vq_workdir = se.get("vq_workdir", "") or token_records.read_info(data_dir)["meta"].get(
+        "vq_workdir", "")
+    if not vq_workdir or not os.path.isdir(vq_workdir):
+      raise UserError(f"config.sample_eval: VQ run {vq_workdir!r} of token dataset {data_dir} "
+                      f"not found; set --config.sample_eval.vq_workdir")
+    self.vq = VQTokenizer.from_workdir(vq_workdir)
+    self.config, self.model, self.tokenizer = config, model, tokenizer
+    self.options = sampling_options(config)
+
+  def __call__(self, params, step: int, writer) -> dict[str, float]:
+    import jax
+    from vlgen_jax.sample.generator import Generator
+    from vlgen_jax.train import sharding
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    mesh = jax.tree.leaves(shardings)[0].mesh
+    gen = Generator(run="", config=self.config, model=self.model, params=params,
+                    tokenizer=self.tokenizer, vq=self.vq, mesh=mesh, param_shardings=shardings,
+                    rules=sharding.logical_axis_rules(self.config), step=step)
+    se = self.config.sample_eval
+    images, _ = gen.generate(self.captions, self.options, seed=int(se.seed),
+                             batch_size=int(se.batch_size))
+    if jax.process_index() != 0:
+      return {}
+    return self._score_and_log(images, step, writer)
+
+  def _score_and_log(self, images: np.ndarray, step: int, writer) -> dict[str, float]:
+    from vlgen_jax.images import save_png
+    scores, out = score_samples(images, self.captions)
+    grid = sample_grid(images, self.captions, scores)
+    writer.image("sample/grid", grid, step)
+    if getattr(writer, "workdir", None):
+      os.makedirs(os.path.join(writer.workdir, "samples"), exist_ok=True)
+      save_png(grid, os.path.join(writer.workdir, "samples", f"step_{step}.png"))
+    return out
+
+
+def score_samples(images, captions) -> tuple[list[Any], dict[str, float]]:
+  """Per-image scores (None for a caption outside the shapes grammar) and the
+  `sample/...` scalars."""
+  from vlgen_jax.data import shapes
+  from vlgen_jax.eval import fidelity
+  scores: list[Any] = []
+  for image, caption in zip(images, captions):
+    try:
+      objects = shapes.parse_caption(caption)
+    except ValueError:
+      scores.append(None)  # drawn in the grid, not scored
+      continue
+    scores.append(fidelity.score(image, objects))
+  scored = [s for s in scores if s is not None]
+  out: dict[str, float] = {"sample/unscored": float(len(scores) - len(scored))}
+  if scored:
+    summary = fidelity.summarize(scored)
+    out.update({f"sample/{k}": float(summary[k])
+                for k in ("fidelity", "count", "color", "shape", "size", "position")})
+  return scores, out
+
+
+def sample_grid(images, captions, scores) -> np.ndarray:
+  """Up to 64 samples with their captions; green / red / gray frames:
+  satisfied / not satisfied / not scored."""
+  from vlgen_jax.eval.cli import FAILED_COLOR, SATISFIED_COLOR
+  from vlgen_jax.images import make_grid
+  n = min(64, len(images))
+  frames = [(128, 128, 128) if s is None else SATISFIED_COLOR if s["satisfied"] else FAILED_COLOR
+            for s in scores[:n]]
+  return make_grid(list(images[:n]), cols=8, scale=2, captions=list(captions[:n]),
+                   caption_width=160, frame_colors=frames)
