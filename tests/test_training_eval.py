@@ -57,7 +57,7 @@ def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_
 
 
 def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
-  c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
+  c = load_config(os.path.join(REPO_ROOT, "configs/t2i_tiny.py"),
                   ["--config.total_steps=10", "--config.sample_eval.every=4"])
   assert not training_eval.is_due(c, 4)  # num = 0: off by default
   with c.unlocked():

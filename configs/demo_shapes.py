@@ -1,0 +1,31 @@
+"""The full shapes recipe: `vlgen demo --config configs/demo_shapes.py`.
+
+The quick start's stages with their full schedules: the default 50k/2k/2k
+shapes splits, configs/vq_shapes.py (3500 steps) and configs/t2i_shapes.py
+(20000 steps of batch 16, a sampled-and-scored validation grid every 2000
+steps in TensorBoard). Measured results and wall time: docs/recipes.md.
+Held-out pairs: `vlgen eval --workdir W --split heldout --num 200`.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.resolution = 64
+  c.train_size = 50_000
+  c.validation_size = 2_000
+  c.heldout_size = 2_000
+  c.text_vocab_size = 128
+  c.vq = ml_collections.ConfigDict({"config": "configs/vq_shapes.py", "overrides": ()})
+  c.t2i = ml_collections.ConfigDict({"config": "configs/t2i_shapes.py", "overrides": ()})
+  c.sample = ml_collections.ConfigDict({
+      "prompts": ("a large red circle in the center",
+                  "a small blue square at the top left and a large yellow triangle at the bottom right",
+                  "a large green triangle on the left",   # a held-out pair
+                  "a small purple circle at the bottom right",  # a held-out pair
+                  ""),                                      # unconditional
+      "num_per_prompt": 4,
+  })
+  c.eval = ml_collections.ConfigDict({"split": "validation", "num": 200})
+  return c
