@@ -5,7 +5,9 @@
 1.2M params, 0.38 GFLOP per training example. Sized for a CPU: squared-ReLU
 MLPs and an unrolled layer loop halve the XLA:CPU step time, and on shapes
 small batches (16) with lr 2e-3 learned fastest per second of the batch
-sizes and rates tried (docs/recipes.md). configs/demo_quickstart.py runs a
+sizes and rates tried, and learned absolute 2-D positions let the decoder
+bind "at the top left" to places far faster than 2-D RoPE alone (quick
+start fidelity 0.74 -> 0.94; docs/recipes.md). configs/demo_quickstart.py runs a
 shortened schedule of this config; configs/demo_shapes.py runs it in full.
 
   vlgen train --config configs/t2i_shapes.py --workdir W \\
@@ -22,7 +24,7 @@ def get_config():
       image_vocab_size=512,
       image_grid=(8, 8),
       d_model=128, num_heads=4, mlp_dim=512, encoder_layers=1, decoder_layers=3,
-      mlp="relu2", unroll_layers=True, image_positions="rope_2d", qk_norm=False, dropout=0.0,
+      mlp="relu2", unroll_layers=True, image_positions="learned_2d", qk_norm=False, dropout=0.0,
       z_loss=1e-4, cond_dropout=0.1)
   c.batch_size = 16
   c.total_steps = 20_000
