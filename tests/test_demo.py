@@ -119,3 +119,38 @@ def test_two_process_sampling_equals_one_process(demo_dir, tmp_path, repo_root):
   for name in names:
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "two" / name)),
                                   np.asarray(Image.open(tmp_path / "one" / name)))
+
+
+def test_a_training_stage_stopped_by_sigterm_is_not_marked_done(demo_dir, tmp_path, capsys):
+  """`vlgen train` returns normally after SIGTERM (preemption); the demo must
+  then stop without marking the stage done, and a re-run resumes it."""
+  import shutil
+  work = tmp_path / "demo"
+  shutil.copytree(demo_dir, work)
+  state = json.loads((work / "demo.json").read_text())
+  for stage in ("t2i", "sample", "eval"):
+    state["stages"].pop(stage)
+  (work / "demo.json").write_text(json.dumps(state))
+  shutil.rmtree(work / "t2i")
+  recipe = tmp_path / "demo_sigterm.py"
+  recipe.write_text(
+      "import importlib.util\n"
+      f"spec = importlib.util.spec_from_file_location('tiny', {os.path.abspath('configs/demo_tiny.py')!r})\n"
+      "tiny = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(tiny)\n\n"
+      "def get_config():\n"
+      "  c = tiny.get_config()\n"
+      "  c.t2i.overrides = tuple(c.t2i.overrides) + ('debug.sigterm_after_step=2',)\n"
+      "  return c\n")
+  args = ["demo", "--workdir", str(work), "--config", str(recipe)]
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  assert "[demo] t2i: stopped before its last step (total_steps 4, latest checkpoint: 2)" in out
+  assert "t2i" not in json.loads((work / "demo.json").read_text())["stages"]
+  assert "[demo] sample" not in out and "[demo] eval" not in out  # stopped there
+
+  assert cli.main(args) == 0  # resumes from step 2 (the signal was at step 2 only)
+  out = capsys.readouterr().out
+  assert "[demo] t2i: finished" in out and "[demo] eval: finished" in out
+  state = json.loads((work / "demo.json").read_text())
+  assert all(state["stages"][s]["done"] for s in STAGES)

@@ -65,6 +65,23 @@ def _vlgen(*argv) -> None:
     raise UserError(f"demo stage failed: vlgen {argv[0]} exited with {rc}")
 
 
+TRAINING_STAGES = {"vq": "vq", "t2i": "t2i"}  # stage -> its run folder in `w`
+
+
+def _unfinished_training(run_dir: str) -> str | None:
+  """Why the training run in `run_dir` is not finished, or None. `vlgen train`
+  returns normally when stopped by SIGTERM (preemption: checkpoint saved), so
+  a stage counts as done only once the run exported its final step."""
+  from vlgen_jax.train import checkpoint
+  total = int(checkpoint.load_config(run_dir).total_steps)
+  exported = checkpoint.export_step(run_dir)
+  if exported == total:
+    return None
+  saved = checkpoint._checkpoint_steps(run_dir)  # pylint: disable=protected-access
+  return (f"stopped before its last step (total_steps {total}, latest checkpoint: "
+          f"{saved[-1] if saved else 'none'})")
+
+
 def _overrides(items) -> list[str]:
   return [f"--config.{item}" for item in items]
 
@@ -124,6 +141,13 @@ def run(args) -> int:
     start = time.perf_counter()
     _vlgen(*commands[stage])
     seconds = time.perf_counter() - start
+    if stage in TRAINING_STAGES:
+      why = _unfinished_training(w[TRAINING_STAGES[stage]])
+      if why:
+        # Not marked done: a re-run resumes this stage from its checkpoint.
+        print(f"[demo] {stage}: {why}; re-run the same command to resume", flush=True)
+        _save_state(workdir, state)
+        return 0
     state["stages"][stage] = {"done": True, "seconds": seconds}
     _save_state(workdir, state)
     print(f"[demo] {stage}: finished in {seconds:.0f} s", flush=True)
