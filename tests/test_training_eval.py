@@ -12,6 +12,8 @@ from vlgen_jax import cli
 from vlgen_jax.config import load_config
 from vlgen_jax.errors import UserError
 from vlgen_jax.eval import training_eval
+from vlgen_jax.eval.cli import sample_grid, score_samples
+from vlgen_jax.sample.sampler import SamplingOptions
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,13 +49,12 @@ def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_
   config = gen.config
   evaluator = training_eval.SampleEvaluator(config, gen.model, gen.tokenizer)
   assert len(evaluator.captions) == 6 and all(evaluator.captions)
-  images, _ = gen.generate(evaluator.captions, training_eval.sampling_options(config),
+  images, _ = gen.generate(evaluator.captions, SamplingOptions.from_config(config),
                            seed=0, batch_size=4)
-  scores, summary = training_eval.score_samples(images, evaluator.captions)
-  assert summary["sample/fidelity"] == pytest.approx(evals[4]["sample/fidelity"])
+  scores, summary = score_samples(images, evaluator.captions)
+  assert summary["fidelity"] == pytest.approx(evals[4]["sample/fidelity"])
   saved = np.asarray(Image.open(workdir / "samples" / "step_4.png").convert("RGB"))
-  np.testing.assert_array_equal(saved, training_eval.sample_grid(images, evaluator.captions,
-                                                                 scores))
+  np.testing.assert_array_equal(saved, sample_grid(images, evaluator.captions, scores))
 
 
 def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
@@ -78,9 +79,19 @@ def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
 
 def test_unscored_captions_are_counted_and_framed_gray():
   images = np.zeros((2, 32, 32, 3), np.uint8)
-  scores, out = training_eval.score_samples(images, ["a photo of a cat",
-                                                     "a large red circle in the center"])
-  assert scores[0] is None and out["sample/unscored"] == 1.0
-  assert out["sample/fidelity"] == 0.0 and out["sample/count"] == 0.0  # blank image
-  grid = training_eval.sample_grid(images, ["a photo of a cat", "x"], scores)
-  assert grid.dtype == np.uint8 and grid.ndim == 3
+  scores, summary = score_samples(images, ["a photo of a cat", "a large red circle in the center"])
+  assert scores[0] is None and summary["n"] == 1
+  assert summary["fidelity"] == 0.0 and summary["count"] == 0.0  # blank image
+  assert score_samples(images[:1], ["a photo of a cat"]) == ([None], None)
+  grid = sample_grid(images, ["a photo of a cat", "x"], scores)
+  assert tuple(grid[0, 0]) == (128, 128, 128)  # the first cell's frame: not scored
+
+
+def test_sampling_options_come_from_the_config_unless_a_flag_is_given():
+  c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"), [])
+  options = SamplingOptions.from_config(c)
+  assert (options.cfg_scale, options.temperature, options.top_k) == (1.5, 0.3, 16)
+  assert SamplingOptions.from_config(c, cfg_scale=1.0, top_k=None).cfg_scale == 1.0
+  assert SamplingOptions.from_config(c, cfg_scale=1.0, top_k=None).top_k == 16
+  with pytest.raises(UserError, match="top-p must be in"):
+    SamplingOptions.from_config(c, top_p=0.0)

@@ -65,7 +65,7 @@ def _vlgen(*argv) -> None:
     raise UserError(f"demo stage failed: vlgen {argv[0]} exited with {rc}")
 
 
-TRAINING_STAGES = {"vq": "vq", "t2i": "t2i"}  # stage -> its run folder in `w`
+TRAINING_STAGES = ("vq", "t2i")  # each trains the run in w[stage]
 
 
 def _unfinished_training(run_dir: str) -> str | None:
@@ -142,7 +142,7 @@ def run(args) -> int:
     _vlgen(*commands[stage])
     seconds = time.perf_counter() - start
     if stage in TRAINING_STAGES:
-      why = _unfinished_training(w[TRAINING_STAGES[stage]])
+      why = _unfinished_training(w[stage])
       if why:
         # Not marked done: a re-run resumes this stage from its checkpoint.
         print(f"[demo] {stage}: {why}; re-run the same command to resume", flush=True)

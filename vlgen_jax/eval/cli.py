@@ -18,6 +18,7 @@ from vlgen_jax.errors import UserError
 
 SATISFIED_COLOR = (40, 200, 80)   # grid frame of an image that satisfies its caption
 FAILED_COLOR = (220, 40, 40)
+UNSCORED_COLOR = (128, 128, 128)  # caption outside the shapes grammar
 
 HELP = "score generated images against their shapes captions (fidelity)"
 
@@ -68,29 +69,51 @@ def split_captions(split: str, num: int) -> list[str]:
   return [shapes.build_caption(shapes.sample_scene(split, i).objects) for i in range(num)]
 
 
+def score_samples(images, captions) -> tuple[list, dict | None]:
+  """Per-image `fidelity.score` results (None where the caption is outside the
+  shapes grammar, e.g. "" for unconditional samples) and their summary (None
+  when nothing was scored)."""
+  from vlgen_jax.data import shapes
+  from vlgen_jax.eval import fidelity
+  scores = []
+  for image, caption in zip(images, captions):
+    try:
+      objects = shapes.parse_caption(caption)
+    except ValueError:
+      scores.append(None)
+      continue
+    scores.append(fidelity.score(image, objects))
+  scored = [s for s in scores if s is not None]
+  return scores, (fidelity.summarize(scored) if scored else None)
+
+
+def sample_grid(images, captions, scores):
+  """The first 64 images with their captions, framed green (satisfied), red
+  (not) or gray (not scored)."""
+  from vlgen_jax.images import make_grid
+  n = min(64, len(images))
+  frames = [UNSCORED_COLOR if s is None else SATISFIED_COLOR if s["satisfied"] else FAILED_COLOR
+            for s in scores[:n]]
+  return make_grid(list(images[:n]), cols=8, scale=2, captions=list(captions[:n]),
+                   caption_width=160, frame_colors=frames)
+
+
 def score_and_report(images, captions, report_dir: str, extra: dict | None = None) -> dict:
   """Scores, writes `report_dir/{grid.png,scores.jsonl,results.json}`; returns the summary."""
   import sys
-  from vlgen_jax.data import shapes
-  from vlgen_jax.eval import fidelity, shapes_detector
-  from vlgen_jax.images import make_grid, save_png
-  # Captions outside the shapes grammar (e.g. "" for unconditional samples)
-  # cannot be scored: skipped and counted, never silently dropped.
-  kept, skipped = [], 0
-  for image, caption in zip(images, captions):
-    try:
-      shapes.parse_caption(caption)
-      kept.append((image, caption))
-    except ValueError:
-      skipped += 1
+  from vlgen_jax.eval import shapes_detector
+  from vlgen_jax.images import save_png
+  all_scores, summary = score_samples(images, captions)
+  # Captions outside the shapes grammar cannot be scored: skipped and
+  # counted, never silently dropped.
+  skipped = sum(s is None for s in all_scores)
   if skipped:
     print(f"warning: {skipped} caption(s) are not shapes captions and were not scored",
           file=sys.stderr)
-  if not kept:
+  if summary is None:
     raise UserError("none of the captions is a shapes caption; nothing to score")
-  images, captions = [k[0] for k in kept], [k[1] for k in kept]
-  scores = [fidelity.score(im, c) for im, c in zip(images, captions)]
-  summary = fidelity.summarize(scores)
+  kept = [(im, c, s) for im, c, s in zip(images, captions, all_scores) if s is not None]
+  images, captions, scores = ([k[i] for k in kept] for i in range(3))
   summary["unscored_captions"] = skipped
   summary.update(extra or {})
   os.makedirs(report_dir, exist_ok=True)
@@ -98,10 +121,7 @@ def score_and_report(images, captions, report_dir: str, extra: dict | None = Non
     for i, (c, s) in enumerate(zip(captions, scores)):
       f.write(json.dumps({"index": i, "caption": c, "satisfied": bool(s["satisfied"]),
                           "detected": shapes_detector.describe(s["detections"])}) + "\n")
-  n = min(64, len(images))
-  frames = [SATISFIED_COLOR if s["satisfied"] else FAILED_COLOR for s in scores[:n]]
-  save_png(make_grid(images[:n], cols=8, scale=2, captions=list(captions[:n]), caption_width=160,
-                     frame_colors=frames), os.path.join(report_dir, "grid.png"))
+  save_png(sample_grid(images, captions, scores), os.path.join(report_dir, "grid.png"))
   with open(os.path.join(report_dir, "results.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -19,8 +19,6 @@ process 0 scores and writes.
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import ml_collections
 import numpy as np
 
@@ -36,16 +34,6 @@ def default_config() -> ml_collections.ConfigDict:
       "seed": 0,
       "vq_workdir": "",      # default: the token dataset's `vq_workdir`
   })
-
-
-def sampling_options(config):
-  """The run's `config.sample` defaults as validated SamplingOptions."""
-  from vlgen_jax.sample.sampler import SamplingOptions
-  s = config.get("sample", None) or {}
-  return SamplingOptions(temperature=float(s.get("temperature", 1.0)),
-                         top_k=int(s.get("top_k", 0)), top_p=float(s.get("top_p", 1.0)),
-                         cfg_scale=float(s.get("cfg_scale", 1.0)),
-                         cfg_schedule=str(s.get("cfg_schedule", "constant"))).validate()
 
 
 def is_due(config, step: int) -> bool:
@@ -80,7 +68,8 @@ class SampleEvaluator:
                       f"not found; set --config.sample_eval.vq_workdir")
     self.vq = VQTokenizer.from_workdir(vq_workdir)
     self.config, self.model, self.tokenizer = config, model, tokenizer
-    self.options = sampling_options(config)
+    from vlgen_jax.sample.sampler import SamplingOptions
+    self.options = SamplingOptions.from_config(config)
 
   def __call__(self, params, step: int, writer) -> dict[str, float]:
     import jax
@@ -99,45 +88,15 @@ class SampleEvaluator:
     return self._score_and_log(images, step, writer)
 
   def _score_and_log(self, images: np.ndarray, step: int, writer) -> dict[str, float]:
+    from vlgen_jax.eval.cli import sample_grid, score_samples
     from vlgen_jax.images import save_png
-    scores, out = score_samples(images, self.captions)
+    scores, summary = score_samples(images, self.captions)
+    out = {"sample/unscored": float(sum(s is None for s in scores))}
+    out.update({f"sample/{k}": float(summary[k]) for k in
+                ("fidelity", "count", "color", "shape", "size", "position")} if summary else {})
     grid = sample_grid(images, self.captions, scores)
     writer.image("sample/grid", grid, step)
     if getattr(writer, "workdir", None):
       os.makedirs(os.path.join(writer.workdir, "samples"), exist_ok=True)
       save_png(grid, os.path.join(writer.workdir, "samples", f"step_{step}.png"))
     return out
-
-
-def score_samples(images, captions) -> tuple[list[Any], dict[str, float]]:
-  """Per-image scores (None for a caption outside the shapes grammar) and the
-  `sample/...` scalars."""
-  from vlgen_jax.data import shapes
-  from vlgen_jax.eval import fidelity
-  scores: list[Any] = []
-  for image, caption in zip(images, captions):
-    try:
-      objects = shapes.parse_caption(caption)
-    except ValueError:
-      scores.append(None)  # drawn in the grid, not scored
-      continue
-    scores.append(fidelity.score(image, objects))
-  scored = [s for s in scores if s is not None]
-  out: dict[str, float] = {"sample/unscored": float(len(scores) - len(scored))}
-  if scored:
-    summary = fidelity.summarize(scored)
-    out.update({f"sample/{k}": float(summary[k])
-                for k in ("fidelity", "count", "color", "shape", "size", "position")})
-  return scores, out
-
-
-def sample_grid(images, captions, scores) -> np.ndarray:
-  """Up to 64 samples with their captions; green / red / gray frames:
-  satisfied / not satisfied / not scored."""
-  from vlgen_jax.eval.cli import FAILED_COLOR, SATISFIED_COLOR
-  from vlgen_jax.images import make_grid
-  n = min(64, len(images))
-  frames = [(128, 128, 128) if s is None else SATISFIED_COLOR if s["satisfied"] else FAILED_COLOR
-            for s in scores[:n]]
-  return make_grid(list(images[:n]), cols=8, scale=2, captions=list(captions[:n]),
-                   caption_width=160, frame_colors=frames)

@@ -26,7 +26,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   """Options shared with `vlgen eval`."""
   parser.add_argument("--cfg-scale", type=float, default=None,
                       help="classifier-free guidance scale (default: the run's config, else 1)")
-  parser.add_argument("--cfg-schedule", default="constant", choices=("constant", "linear"))
+  parser.add_argument("--cfg-schedule", default=None, choices=("constant", "linear"),
+                      help="default: the run's config, else constant")
   parser.add_argument("--temperature", type=float, default=None)
   parser.add_argument("--top-k", type=int, default=None)
   parser.add_argument("--top-p", type=float, default=None)
@@ -41,14 +42,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def sampling_options(args, config):
   """CLI flags over the run's `config.sample` defaults; validated."""
   from vlgen_jax.sample.sampler import SamplingOptions
-  defaults = config.get("sample", {}) or {}
-  pick = lambda flag, key, fallback: flag if flag is not None else defaults.get(key, fallback)  # noqa: E731
-  return SamplingOptions(
-      temperature=float(pick(args.temperature, "temperature", 1.0)),
-      top_k=int(pick(args.top_k, "top_k", 0)),
-      top_p=float(pick(args.top_p, "top_p", 1.0)),
-      cfg_scale=float(pick(args.cfg_scale, "cfg_scale", 1.0)),
-      cfg_schedule=args.cfg_schedule).validate()
+  return SamplingOptions.from_config(
+      config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+      cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule)
 
 
 def read_prompts(args) -> list[str]:

@@ -47,6 +47,17 @@ class SamplingOptions:
                       f"got {self.cfg_schedule!r}")
     return self
 
+  @classmethod
+  def from_config(cls, config, **flags) -> "SamplingOptions":
+    """The run's `config.sample` defaults, each replaced by a non-None flag; validated."""
+    defaults = config.get("sample", None) or {}
+    fields = {"temperature": (float, 1.0), "top_k": (int, 0), "top_p": (float, 1.0),
+              "cfg_scale": (float, 1.0), "cfg_schedule": (str, "constant")}
+    values = {name: cast(flags[name] if flags.get(name) is not None
+                         else defaults.get(name, default))
+              for name, (cast, default) in fields.items()}
+    return cls(**values).validate()
+
   @property
   def guided(self) -> bool:
     return self.cfg_scale != 1.0
