@@ -7,7 +7,11 @@ MLPs and an unrolled layer loop halve the XLA:CPU step time, and on shapes
 small batches (16) with lr 2e-3 learned fastest per second of the batch
 sizes and rates tried, and learned absolute 2-D positions let the decoder
 bind "at the top left" to places far faster than 2-D RoPE alone (quick
-start fidelity 0.74 -> 0.94; docs/recipes.md). configs/demo_quickstart.py runs a
+start fidelity 0.74 -> 0.94; docs/recipes.md). Image codes are embedded and
+scored through what they look like (code_embedding="appearance", the mean
+8x8 patch of each code from the token dataset): with a learned row per code,
+captions pairing a color and a shape never seen together in training
+(green triangle, ...) drew the shape usually seen with that color. configs/demo_quickstart.py runs a
 shortened schedule of this config; configs/demo_shapes.py runs it in full.
 
   vlgen train --config configs/t2i_shapes.py --workdir W \\
@@ -25,6 +29,7 @@ def get_config():
       image_grid=(8, 8),
       d_model=128, num_heads=4, mlp_dim=512, encoder_layers=1, decoder_layers=3,
       mlp="relu2", unroll_layers=True, image_positions="learned_2d", qk_norm=False, dropout=0.0,
+      code_embedding="appearance", code_feature_dim=8 * 8 * 3,  # 8x8 px patch per code
       z_loss=1e-4, cond_dropout=0.1)
   c.batch_size = 16
   c.total_steps = 20_000

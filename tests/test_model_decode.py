@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vlgen_jax.model import code_embedding
 from vlgen_jax.model.image_decoder import MASKED_LOGIT
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.t2i import Model, decoder_inputs
@@ -19,6 +20,7 @@ VARIANTS = {
     "learned": dict(image_positions="learned_2d", text_positions="learned"),
     "rope": dict(image_positions="rope_2d", text_positions="rope", qk_norm=True,
                  norm="layernorm", mlp="swiglu"),
+    "appearance": dict(code_embedding="appearance", code_feature_dim=12),
 }
 
 
@@ -39,6 +41,9 @@ def _setup(variant: str):
   model = Model(spec)
   text = _text()
   params = jax.jit(model.init)(jax.random.key(0), text, np.zeros((3, 12), np.int32))["params"]
+  if spec.code_embedding == "appearance":
+    features = np.random.default_rng(2).uniform(size=(50, 12)).astype(np.float32)
+    params = code_embedding.set_features(params, features)
   fns = {
       "forward": jax.jit(lambda p, t, i: model.apply({"params": p}, t, i)),
       "encode": jax.jit(lambda p, t: model.apply({"params": p}, t, method=Model.encode_text)),

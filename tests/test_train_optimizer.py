@@ -123,3 +123,31 @@ def test_per_label_optimizers(tmp_path):
   logged = [m for m in read_metrics(tmp_path) if "train/loss" in m][-1]
   assert logged["train/learning_rate/embeddings"] == 0.0
   assert logged["train/learning_rate/body"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_frozen_leaves_never_move_and_take_no_part_in_clipping(with_labels):
+  config = trainer_config()
+  config.optimizer.update(learning_rate=0.1, weight_decay=0.5, grad_clip_norm=1.0,
+                          schedule="constant", warmup_steps=0)
+  params = {"const": jnp.ones(4), "w": jnp.ones(3)}
+  frozen = {"const": True, "w": False}
+  labels = None
+  if with_labels:
+    with config.unlocked():
+      config.optimizers = ml_collections.ConfigDict({"body": {"name": "sgd", "b1": 0.0}})
+    labels = {"const": "body", "w": "body"}
+  tx, schedules = make_optimizer(config, labels, frozen)
+  assert list(schedules) == (["body"] if with_labels else [""])
+  state = tx.init(params)
+  # Only the trained leaf has optimizer state (AdamW moments / nothing for SGD).
+  sizes = {x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim}
+  assert 4 not in sizes
+  grads = {"const": jnp.full(4, 1e6), "w": jnp.full(3, 0.1)}
+  updates, _ = tx.update(grads, state, params)
+  np.testing.assert_array_equal(updates["const"], 0.0)
+  # The huge frozen gradient does not count in the global norm (0.17 < 1: no clipping).
+  ref_tx, _ = make_optimizer(config, None if not with_labels else {"w": "body"})
+  ref, _ = ref_tx.update({"w": grads["w"]}, ref_tx.init({"w": params["w"]}), {"w": params["w"]})
+  np.testing.assert_allclose(updates["w"], ref["w"], rtol=1e-6)
+  assert float(jnp.abs(updates["w"]).max()) > 0

@@ -12,10 +12,11 @@ import pytest
 from vlgen_jax import cli
 from vlgen_jax.config import load_config
 from vlgen_jax.data import pipeline, shapes
-from vlgen_jax.data.token_records import TokenRecordSource
+from vlgen_jax.data.token_records import TokenRecordSource, read_code_appearance
 from vlgen_jax.errors import UserError
 from vlgen_jax.text.tokenizer import TextTokenizer
 from vlgen_jax.train import checkpoint
+from vlgen_jax.vq import encode as encode_lib
 from vlgen_jax.vq import evaluation
 from vlgen_jax.vq.api import VQTokenizer
 from vlgen_jax.vq.task import VQTask
@@ -132,6 +133,20 @@ def test_encode_cli_round_trips_through_stage2_pipeline(vq_workdir, shapes_data_
   for tokens, caption in stored:
     assert any(np.array_equal(tokens, t) for t in by_caption[caption])
 
+  # What each code looks like: the mean [0, 1] patch of the train images'
+  # patches the encoder gave that code (numpy reference).
+  source = pipeline.make_source(_config(shapes_data_dir).data, "train[:40]")
+  train_images = np.stack([encode_lib._records_of(source[i], 64)[0] for i in range(len(source))])
+  codes = tok.encode(train_images).reshape(-1)
+  patches = ((train_images.reshape(40, 8, 8, 8, 8, 3).transpose(0, 1, 3, 2, 4, 5)
+              .reshape(-1, 192)) + 1) / 2
+  mean, count = read_code_appearance(str(out))
+  assert mean.shape == (32, 192) and count.sum() == 40 * 64
+  np.testing.assert_array_equal(count, np.bincount(codes, minlength=32))
+  for k in range(32):
+    expect = patches[codes == k].mean(0) if count[k] else np.zeros(192)
+    np.testing.assert_allclose(mean[k], expect, atol=1e-5)
+
   # The stage-2 input pipeline reads it: image tokens with their captions' ids.
   text = TextTokenizer.train([shapes.sample_scene("train", i).caption for i in range(600)], 128)
   data = pipeline.default_data_config()
@@ -213,8 +228,8 @@ def test_two_process_encode_equals_one_process(vq_workdir, tmp_path, compile_cac
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
   out_two, out_one = tmp_path / "two", tmp_path / "one"
-  args = ["--workdir", str(vq_workdir), "--splits", "validation", "--batch-size", "24",
-          "--num-shards", "1"]
+  args = ["--workdir", str(vq_workdir), "--splits", "validation,train[:40]",
+          "--batch-size", "24", "--num-shards", "1"]
   procs = []
   for i in range(2):
     env = subprocess_env(compile_cache_dir, devices=4, extra={
@@ -239,3 +254,9 @@ def test_two_process_encode_equals_one_process(vq_workdir, tmp_path, compile_cac
   two = sorted((c, t.tolist()) for t, c in TokenRecordSource(str(out_two), "validation"))
   one = sorted((c, t.tolist()) for t, c in TokenRecordSource(str(out_one), "validation"))
   assert len(two) == 64 and two == one
+  # Code appearance statistics are summed over both processes' train records.
+  (mean_two, count_two), (mean_one, count_one) = (read_code_appearance(str(d))
+                                                  for d in (out_two, out_one))
+  assert count_two.sum() == 40 * 64
+  np.testing.assert_array_equal(count_two, count_one)
+  np.testing.assert_allclose(mean_two, mean_one, atol=1e-5)

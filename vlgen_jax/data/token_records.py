@@ -9,6 +9,12 @@ Each record is a msgpack map (flax.serialization; no pickle anywhere):
   {"tokens": int16/int32 array (h*w,), "caption": str}
 Tokens are stored as int16 when the codebook fits (< 32768 codes).
 
+`code_appearance.npz` (written when the `train` split is encoded): `mean`,
+float32 (K, p*p*3), the average [0, 1] pixels of the training-image patches
+the VQ encoder mapped to each code (zeros for codes it never chose), and
+`count`, int64 (K,), how many patches each mean is over. What each code looks
+like in real images, for `model.code_embedding="appearance"`.
+
 `dataset_info.json`:
   {"format": "vlgen-token-records", "version": 1,
    "meta": {"token_grid": [h, w], "codebook_size": K, ... anything the
@@ -37,6 +43,7 @@ from vlgen_jax.data.decode import BAD_RECORD, BadRecord
 from vlgen_jax.errors import UserError
 
 INFO_FILE = "dataset_info.json"
+APPEARANCE_FILE = "code_appearance.npz"
 FORMAT = "vlgen-token-records"
 VERSION = 1
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.array_record$")
@@ -248,3 +255,30 @@ class TokenRecordSource:
 
   def __repr__(self) -> str:
     return f"TokenRecordSource({self.directory!r}, {self.split!r}, {len(self)} records)"
+
+
+def write_code_appearance(directory: str, sums: np.ndarray, counts: np.ndarray) -> str:
+  """Writes per-code patch means from their sums (K, F) and counts (K,)."""
+  counts = np.asarray(counts, np.int64)
+  mean = np.asarray(sums, np.float64) / np.maximum(counts, 1)[:, None]
+  path = os.path.join(directory, APPEARANCE_FILE)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, mean=mean.astype(np.float32), count=counts)
+  os.replace(tmp, path)
+  return path
+
+
+def read_code_appearance(directory: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mean float32 (K, F), count int64 (K,)) of a token dataset; UserError if absent."""
+  path = os.path.join(directory, APPEARANCE_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"token dataset {directory} has no {APPEARANCE_FILE} (written by "
+                    f"`vlgen encode` when it encodes the train split); re-run vlgen encode")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      mean, count = np.asarray(f["mean"], np.float32), np.asarray(f["count"], np.int64)
+  except (OSError, ValueError, KeyError) as e:
+    raise UserError(f"unreadable {path}: {e}") from None
+  if mean.ndim != 2 or count.shape != (mean.shape[0],):
+    raise UserError(f"{path}: mean {mean.shape} and count {count.shape} do not match")
+  return mean, count

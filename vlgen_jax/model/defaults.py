@@ -34,6 +34,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       "norm_eps": 1e-6,
       "attention_impl": "xla",    # xla | cudnn (flash attention on NVIDIA GPUs)
       "unroll_layers": False,     # True: unroll the layer scan (faster on CPU; same params)
+      # Image codes: "learned" (a row per code) | "appearance" (linear in what
+      # each code looks like: frozen mean patches from the token dataset;
+      # generalises to unseen attribute pairs, vlgen_jax/model/code_embedding.py).
+      "code_embedding": "learned",
+      "code_feature_dim": 0,      # appearance: p*p*3 (192 for an 8x VQ)
       # Loss.
       "z_loss": 1e-4,             # coefficient of mean(logsumexp^2)
       "cond_dropout": 0.1,        # fraction of captions replaced by the empty caption

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from vlgen_jax.model import layers
 from vlgen_jax.model.attention import Attention
+from vlgen_jax.model.code_embedding import AppearanceCodes
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 
@@ -113,8 +114,13 @@ class ImageDecoder(nn.Module):
     else:
       position = jnp.asarray(position, jnp.int32)
       positions = position[None]
-    x = layers.Embed(s.image_vocab_padded, s.d_model, ("vocab", "embed"), self.dtype,
-                     name="token_embed")(tokens)
+    codes = (AppearanceCodes(s, self.dtype, name="codes") if s.code_embedding == "appearance"
+             else None)
+    if codes is not None:
+      x = codes.embed(tokens)
+    else:
+      x = layers.Embed(s.image_vocab_padded, s.d_model, ("vocab", "embed"), self.dtype,
+                       name="token_embed")(tokens)
     if s.image_positions == "learned_2d":
       x = x + layers.LearnedPositions2D(s.image_grid, s.d_model, self.dtype,
                                         name="position_embed")(positions)[None]
@@ -131,8 +137,11 @@ class ImageDecoder(nn.Module):
       new_cache = dict(cache, self_k=kv["k"], self_v=kv["v"])
 
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
-    logits = layers.DenseGeneral((s.image_vocab_padded,), ("embed", "vocab"), dtype=self.dtype,
-                                 out_dtype=jnp.float32, name="logits")(x)
+    if codes is not None:
+      logits = codes.logits(x)
+    else:
+      logits = layers.DenseGeneral((s.image_vocab_padded,), ("embed", "vocab"), dtype=self.dtype,
+                                   out_dtype=jnp.float32, name="logits")(x)
     logits = jnp.asarray(logits, jnp.float32)
     logits = jnp.where(jnp.arange(s.image_vocab_padded) < s.image_vocab_size, logits,
                        MASKED_LOGIT)

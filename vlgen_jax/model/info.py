@@ -108,7 +108,8 @@ def model_info(config, mesh_sizes: Mapping[str, int]) -> dict[str, Any]:
            "image_tokens": jax.ShapeDtypeStruct((1, spec.num_image_tokens), jnp.int32)}
   boxed, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
   params = sharding_lib.unbox(boxed)
-  tx, _ = optimizer_lib.make_optimizer(config, task.optimizer_labels(params))
+  tx, _ = optimizer_lib.make_optimizer(config, task.optimizer_labels(params),
+                                       task.frozen_params(params))
   opt_state = jax.eval_shape(tx.init, params)
 
   mesh = AbstractMesh(tuple(mesh_sizes[a] for a in MESH_AXES), MESH_AXES,

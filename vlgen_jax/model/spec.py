@@ -21,6 +21,9 @@ MLPS = ("gelu", "swiglu", "relu2")
 IMAGE_POSITIONS = ("learned_2d", "rope_2d")
 TEXT_POSITIONS = ("learned", "rope")
 ATTENTION_IMPLS = ("xla", "cudnn")
+# How image codes are embedded and scored: a learned row per code, or linear
+# maps of each code's VQ rendering (vlgen_jax/model/code_embedding.py).
+CODE_EMBEDDINGS = ("learned", "appearance")
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -50,6 +53,8 @@ class ModelSpec:
   dropout: float = 0.0
   norm_eps: float = 1e-6
   attention_impl: str = "xla"  # "cudnn": flash attention on NVIDIA GPUs (bf16/fp16).
+  code_embedding: str = "learned"
+  code_feature_dim: int = 0   # "appearance": p*p*3 pixels of a VQ code (p: VQ factor)
   # Unrolls the layer scan in the full forward (params stay stacked on the
   # "layers" axis, so checkpoints and sharding do not change): ~1.4x faster
   # steps on XLA:CPU for small models, longer compiles for deep ones.
@@ -115,7 +120,8 @@ class ModelSpec:
       raise UserError(f"config.model.image_grid must be two positive ints (H', W'), got {self.image_grid}")
     for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("image_positions", IMAGE_POSITIONS),
                           ("text_positions", TEXT_POSITIONS),
-                          ("attention_impl", ATTENTION_IMPLS)):
+                          ("attention_impl", ATTENTION_IMPLS),
+                          ("code_embedding", CODE_EMBEDDINGS)):
       if getattr(self, name) not in allowed:
         raise UserError(f"config.model.{name} must be one of {', '.join(allowed)}; "
                         f"got {getattr(self, name)!r}")
@@ -131,5 +137,10 @@ class ModelSpec:
                       f"{self.rope_theta}, {self.norm_eps}")
     if not 0.0 <= self.dropout < 1.0:
       raise UserError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
+    if self.code_embedding == "appearance" and (not isinstance(self.code_feature_dim, int)
+                                                or self.code_feature_dim <= 0):
+      raise UserError("config.model.code_embedding='appearance' needs config.model."
+                      "code_feature_dim = p*p*3 of the VQ (192 for factor 8), got "
+                      f"{self.code_feature_dim!r}")
     if not 0 <= self.text_pad_id < self.text_vocab_size:
       raise UserError(f"config.model.text_pad_id={self.text_pad_id} is outside the text vocabulary")

@@ -57,6 +57,7 @@ class TextToImageTask(Task):
     self._train_iterator = None
     self._tokenizer = None
     self._sample_evaluator = None
+    self._code_features = None
 
   # ---- input -------------------------------------------------------------
   def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
@@ -127,7 +128,35 @@ class TextToImageTask(Task):
   # ---- model -------------------------------------------------------------
   def init(self, rng, batch: dict):
     variables = self.model.init({"params": rng}, batch["text_ids"], batch["image_tokens"])
-    return variables["params"], {}
+    params = variables["params"]
+    if self.spec.code_embedding == "appearance":
+      from vlgen_jax.model import code_embedding
+      features = self.code_features()
+      params = code_embedding.set_features(params, features)
+    return params, {}
+
+  def frozen_params(self, params):
+    if self.spec.code_embedding != "appearance":
+      return None
+    from vlgen_jax.model import code_embedding
+    return code_embedding.features_mask(params)
+
+  def code_features(self) -> np.ndarray:
+    """(K, p*p*3) mean training-image patch of each code, from the token
+    dataset (`vlgen encode` writes it; token_records.APPEARANCE_FILE)."""
+    if self._code_features is None:
+      from vlgen_jax.data import token_records
+      data_dir = self.config.data.get("data_dir", "")
+      if self.config.data.get("source", "") != "tokens" or not data_dir:
+        raise UserError("config.model.code_embedding='appearance' needs a token dataset "
+                        "(data.source=tokens, data.data_dir): the code features come from it")
+      mean, _ = token_records.read_code_appearance(data_dir)
+      want = (self.spec.image_vocab_size, self.spec.code_feature_dim)
+      if mean.shape != want:
+        raise UserError(f"token dataset {data_dir} has code features of shape {mean.shape}; "
+                        f"the model expects (image_vocab_size, code_feature_dim) = {want}")
+      self._code_features = mean
+    return self._code_features
 
   def loss(self, params, model_state, batch: dict, rng, *, train: bool):
     import jax

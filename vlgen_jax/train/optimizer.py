@@ -115,24 +115,39 @@ def optimizer_config(config, label: str | None = None) -> ml_collections.ConfigD
   return opt
 
 
-def make_optimizer(config, labels: PyTree | None = None
+FROZEN = "__frozen__"  # the label of frozen leaves inside multi_transform
+
+
+def make_optimizer(config, labels: PyTree | None = None, frozen: PyTree | None = None
                    ) -> tuple[optax.GradientTransformation, dict[str, Schedule]]:
   """Returns (optimizer, {name: learning-rate schedule}).
 
   With `labels` (a tree of strings like `params`), each label gets its own
   optimizer from `config.optimizers[label]` (missing fields from
   `config.optimizer`) with its own clipping; schedules are keyed by label.
+  `frozen` (a tree of bools like `params`, from `Task.frozen_params`) marks
+  leaves that are never updated: no step, no weight decay, no optimizer
+  state, and no share in gradient clipping.
   """
   total = int(config.total_steps)
-  if labels is None:
+  if frozen is not None and not any(jax.tree.leaves(frozen)):
+    frozen = None
+  if labels is None and frozen is None:
     tx, schedule = _single(config.optimizer, total)
     return tx, {"": schedule}
-  used = sorted(set(jax.tree.leaves(labels)))
-  missing = [l for l in used if l not in config.optimizers]
+  if labels is None:
+    labels = jax.tree.map(lambda _: "", frozen)
+  if frozen is not None:
+    labels = jax.tree.map(lambda l, f: FROZEN if f else l, labels, frozen)
+  used = sorted(set(jax.tree.leaves(labels)) - {FROZEN})
+  missing = [l for l in used if l and l not in config.optimizers]
   if missing:
     raise UserError(f"the task's optimizer labels {missing} have no entry in config.optimizers "
                     f"(has: {sorted(config.optimizers)})")
   transforms, schedules = {}, {}
   for label in used:
-    transforms[label], schedules[label] = _single(optimizer_config(config, label), total)
+    opt = optimizer_config(config, label) if label else config.optimizer
+    transforms[label], schedules[label] = _single(opt, total)
+  if frozen is not None:
+    transforms[FROZEN] = optax.set_to_zero()
   return optax.multi_transform(transforms, labels), schedules

@@ -100,6 +100,12 @@ class Task:
     only."""
     return None
 
+  def frozen_params(self, params: PyTree) -> PyTree | None:
+    """Optional: a pytree of bools like `params`, True for leaves the
+    optimizer never updates (e.g. constants derived from another model).
+    Called like `optimizer_labels`, with abstract params."""
+    return None
+
   def export_files(self) -> dict[str, str]:
     """Extra files a params-only export needs to be used on its own (e.g. the
     SentencePiece model): `{name: source path}`, copied to `export/assets/`."""

@@ -33,8 +33,9 @@ def abstract_train_state(task, config, mesh, rules, key, example_abstract):
   """Shapes and shardings of the TrainState, without compiling anything:
   `(abstract_state, state_shardings, init_fn, tx, schedules)`."""
   boxed_params, boxed_model_state = jax.eval_shape(task.init, key, example_abstract)
-  labels = task.optimizer_labels(shd.unbox(boxed_params))
-  tx, schedules = make_optimizer(config, labels)
+  abstract_params = shd.unbox(boxed_params)
+  tx, schedules = make_optimizer(config, task.optimizer_labels(abstract_params),
+                                 task.frozen_params(abstract_params))
   init_fn = step_lib.make_init_fn(task, tx)
   abstract_state = jax.eval_shape(init_fn, key, example_abstract)
   replicated = shd.replicated(mesh)

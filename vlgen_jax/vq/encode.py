@@ -62,9 +62,53 @@ def _records_of(raw: dict, resolution: int):
   return image, captions
 
 
+class PatchStats:
+  """Per-code sums of the [0, 1] pixels of the patches the encoder mapped to
+  each code, and their counts (token_records.APPEARANCE_FILE)."""
+
+  def __init__(self, num_codes: int, factor: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    self.num_codes, self.factor = num_codes, factor
+    self.sums = np.zeros((num_codes, factor * factor * 3), np.float64)
+    self.counts = np.zeros((num_codes,), np.int64)
+    self._batch = jax.jit(self._batch_fn)
+
+  def _batch_fn(self, images, tokens, valid):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    b, h, w, c = images.shape
+    p = self.factor
+    patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = (patches.reshape(-1, p * p * c) + 1.0) / 2.0
+    weight = jnp.repeat(valid.astype(jnp.float32), (h // p) * (w // p))
+    ids = tokens.reshape(-1)
+    return (jax.ops.segment_sum(patches * weight[:, None], ids, self.num_codes),
+            jax.ops.segment_sum(weight, ids, self.num_codes))
+
+  def add(self, images, tokens, valid) -> None:
+    """images float [-1, 1] (B, R, R, 3), tokens (B, h, w), valid bool (B,)."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    sums, counts = self._batch(images, tokens, valid)
+    self.sums += np.asarray(sums, np.float64)
+    self.counts += np.rint(np.asarray(counts)).astype(np.int64)
+
+  def all_processes(self):
+    """(sums, counts) summed over processes (collective)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() == 1:
+      return self.sums, self.counts
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    sums = multihost_utils.process_allgather(self.sums.astype("float32")).sum(0)
+    counts = multihost_utils.process_allgather(self.counts.astype("int32")).sum(0)
+    return sums, counts
+
+
 def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: int,
-                 process_count: int, threads: int = 4, progress: bool = True) -> dict[str, int]:
+                 process_count: int, threads: int = 4, progress: bool = True,
+                 patch_stats: PatchStats | None = None) -> dict[str, int]:
   """Encodes this process's share of `source` into `writer`; returns counts.
+  With `patch_stats`, also adds each valid image's patches to it.
 
   Collective over all processes (same number of `tokenizer.encode_global`
   calls everywhere).
@@ -95,7 +139,12 @@ def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: i
       loaded = list(pool.map(load, idx))
       images = [r[0][0] if r[0] is not None else empty for r in loaded]
       images += [empty] * (local_batch - len(images))
-      tokens = tokenizer.encode_global(np.stack(images))
+      images = np.stack(images)
+      tokens = tokenizer.encode_global(images)
+      if patch_stats is not None:
+        valid = np.zeros(local_batch, bool)
+        valid[:len(loaded)] = [record is not None for record, _ in loaded]
+        patch_stats.add(images, tokens, valid)
       for (record, reason), t in zip(loaded, tokens):
         counts["records"] += 1
         if record is None:
@@ -156,13 +205,22 @@ def run(args) -> int:
   for split in splits:
     source = pipeline.make_source(data, split)
     # "train[:1000]" is written as split "train".
+    split_name = sources.parse_split(split)[0]
     writer = token_records.TokenRecordWriter(
-        args.output, sources.parse_split(split)[0], args.num_shards, meta,
+        args.output, split_name, args.num_shards, meta,
         process_index=pindex, process_count=pcount)
+    # What each code looks like in the training images (model.code_embedding
+    # = "appearance" reads it).
+    stats = (PatchStats(tokenizer.num_codes, tokenizer.model_config.factor)
+             if split_name == "train" else None)
     with writer:
       counts = encode_split(tokenizer, source, writer, batch_size=batch_size,
                             process_index=pindex, process_count=pcount, threads=args.threads,
-                            progress=pindex == 0)
+                            progress=pindex == 0, patch_stats=stats)
+    if stats is not None:
+      sums, code_counts = stats.all_processes()
+      if pindex == 0:
+        token_records.write_code_appearance(args.output, sums, code_counts)
     summary[split] = counts
     if pindex == 0:
       print(f"{split}: " + json.dumps(counts, sort_keys=True))

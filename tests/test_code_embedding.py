@@ -1,0 +1,129 @@
+"""Image-code embeddings tied to code appearance (model.code_embedding="appearance")."""
+from __future__ import annotations
+
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlgen_jax import cli
+from vlgen_jax.config import load_config
+from vlgen_jax.data.token_records import read_code_appearance
+from vlgen_jax.errors import UserError
+from vlgen_jax.model import code_embedding
+from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.train import checkpoint
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = dict(text_vocab_size=100, text_length=8, text_pad_id=0, image_vocab_size=10,
+            image_grid=(2, 2), d_model=16, num_heads=2, head_dim=8, mlp_dim=32,
+            encoder_layers=1, decoder_layers=1, dtype="float32",
+            code_embedding="appearance", code_feature_dim=6)
+
+
+def _codes():
+  spec = ModelSpec(**SPEC)
+  spec.validate()
+  module = code_embedding.AppearanceCodes(spec)
+  both = lambda m, t, x: (m.embed(t), m.logits(x))  # noqa: E731
+  tokens = jnp.arange(spec.image_vocab_padded)[None]
+  x = jax.random.normal(jax.random.key(1), (2, 3, spec.d_model))
+  params = module.init(jax.random.key(0), tokens, x, method=both)["params"]
+  features = np.random.default_rng(0).uniform(size=(10, 6)).astype(np.float32)
+  features[4] = features[3]  # two codes that look the same
+  params = code_embedding.set_features(flax.core.meta.unbox(params), features)
+  return spec, module, both, params, tokens, x, features
+
+
+def test_logits_and_embeddings_are_linear_maps_of_the_features():
+  spec, module, both, params, tokens, x, features = _codes()
+  params["logit_bias"] = jnp.arange(10, dtype=jnp.float32) / 10
+  embedded, logits = module.apply({"params": params}, tokens, x, method=both)
+  centred = features - features.mean(0)
+  w = centred @ np.asarray(params["logit_proj"]["kernel"])
+  expect = np.einsum("btd,kd->btk", x, w) * 4.0 / np.sqrt(16) + np.arange(10) / 10
+  assert logits.shape == (2, 3, spec.image_vocab_padded)
+  np.testing.assert_allclose(logits[..., :10], expect, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(logits[..., 10:], 0.0)  # the decoder masks these
+  # Look-alike codes differ only by their bias; embeddings are equal.
+  np.testing.assert_allclose(logits[..., 4] - logits[..., 3], 0.1, atol=1e-5)
+  np.testing.assert_array_equal(embedded[0, 3], embedded[0, 4])
+  np.testing.assert_allclose(embedded[0, :10], centred @ np.asarray(params["embed_proj"]["kernel"]),
+                             rtol=1e-5, atol=1e-5)
+  # BOS and padding ids get learned rows.
+  np.testing.assert_array_equal(embedded[0, 10:], params["special_embed"])
+
+
+def test_features_get_no_gradient():
+  _, module, both, params, tokens, x, _ = _codes()
+
+  def loss(p):
+    e, l = module.apply({"params": p}, tokens, x, method=both)
+    return jnp.sum(e ** 2) + jnp.sum(jax.nn.log_softmax(l[..., :10]))
+  grads = jax.grad(loss)(params)
+  np.testing.assert_array_equal(grads[code_embedding.FEATURES], 0.0)
+  assert float(jnp.abs(grads["logit_proj"]["kernel"]).max()) > 0
+  mask = code_embedding.features_mask(params)
+  assert mask[code_embedding.FEATURES] and not mask["logit_proj"]["kernel"]
+
+
+def test_appearance_needs_a_feature_dim():
+  with pytest.raises(UserError, match="code_feature_dim"):
+    ModelSpec(**{**SPEC, "code_feature_dim": 0}).validate()
+  with pytest.raises(UserError, match="code_embedding must be one of"):
+    ModelSpec(**{**SPEC, "code_embedding": "pixels"}).validate()
+
+
+def _t2i_args(demo, workdir, *extra):
+  recipe = load_config(os.path.join(REPO_ROOT, "configs/demo_tiny.py"), [])
+  return ["train", "--config", os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
+          "--workdir", str(workdir),
+          f"--config.data.data_dir={demo / 'tokens'}",
+          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
+          *[f"--config.{o}" for o in recipe.t2i.overrides],
+          "--config.model.code_embedding=appearance", *extra]
+
+
+def test_training_sets_features_from_the_token_dataset_and_never_moves_them(demo_tiny_dir,
+                                                                            tmp_path):
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  workdir = tmp_path / "t2i"
+  assert cli.main(_t2i_args(demo_tiny_dir, workdir, "--config.model.code_feature_dim=192",
+                            "--config.total_steps=3", "--config.checkpoint_every=1",
+                            "--config.sample_eval.num=0")) == 0
+  mean, count = read_code_appearance(str(demo_tiny_dir / "tokens"))
+  assert mean.shape == (16, 192) and count.sum() > 0
+  first, last = (checkpoint.load_params(str(workdir), s) for s in (1, 3))
+  path = ("decoder", "codes", code_embedding.FEATURES)
+  get = lambda p: np.asarray(p[path[0]][path[1]][path[2]])  # noqa: E731
+  np.testing.assert_array_equal(get(first), mean)
+  np.testing.assert_array_equal(get(last), mean)
+  # The projections do train.
+  assert not np.array_equal(first["decoder"]["codes"]["logit_proj"]["kernel"],
+                            last["decoder"]["codes"]["logit_proj"]["kernel"])
+  # The export samples on its own (features travel in the params).
+  gen = Generator.load(str(workdir))
+  images, _ = gen.generate(["a large red circle in the center"] * 2,
+                           SamplingOptions(temperature=1.0), seed=0, batch_size=2)
+  assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_wrong_feature_dim_or_no_token_features_are_one_line_errors(demo_tiny_dir, tmp_path,
+                                                                     capsys):
+  rc = cli.main(_t2i_args(demo_tiny_dir, tmp_path / "a", "--config.model.code_feature_dim=48",
+                          "--config.total_steps=1"))
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "code_feature_dim" in err and "(16, 48)" in err and "\n" not in err
+  tokens = tmp_path / "tokens"
+  tokens.mkdir()
+  for f in (demo_tiny_dir / "tokens").iterdir():
+    if f.name != "code_appearance.npz":
+      (tokens / f.name).write_bytes(f.read_bytes())
+  rc = cli.main(_t2i_args(demo_tiny_dir, tmp_path / "b", "--config.model.code_feature_dim=192",
+                          "--config.total_steps=1", f"--config.data.data_dir={tokens}"))
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "re-run vlgen encode" in err and "\n" not in err
