@@ -90,8 +90,8 @@ def test_unscored_captions_are_counted_and_framed_gray():
 def test_sampling_options_come_from_the_config_unless_a_flag_is_given():
   c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"), [])
   options = SamplingOptions.from_config(c)
-  assert (options.cfg_scale, options.temperature, options.top_k) == (1.5, 0.3, 16)
-  assert SamplingOptions.from_config(c, cfg_scale=1.0, top_k=None).cfg_scale == 1.0
-  assert SamplingOptions.from_config(c, cfg_scale=1.0, top_k=None).top_k == 16
+  assert (options.cfg_scale, options.temperature, options.top_k) == (1.0, 0.3, 16)
+  assert SamplingOptions.from_config(c, cfg_scale=2.0, top_k=None).cfg_scale == 2.0
+  assert SamplingOptions.from_config(c, cfg_scale=2.0, top_k=None).top_k == 16
   with pytest.raises(UserError, match="top-p must be in"):
     SamplingOptions.from_config(c, top_p=0.0)
