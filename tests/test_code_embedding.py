@@ -16,6 +16,7 @@ from vlgen_jax.errors import UserError
 from vlgen_jax.model import code_embedding
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.train import checkpoint
+from trainer_helpers import demo_t2i_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = dict(text_vocab_size=100, text_length=8, text_pad_id=0, image_vocab_size=10,
@@ -78,13 +79,7 @@ def test_appearance_needs_a_feature_dim():
 
 
 def _t2i_args(demo, workdir, *extra):
-  recipe = load_config(os.path.join(REPO_ROOT, "configs/demo_tiny.py"), [])
-  return ["train", "--config", os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
-          "--workdir", str(workdir),
-          f"--config.data.data_dir={demo / 'tokens'}",
-          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
-          *[f"--config.{o}" for o in recipe.t2i.overrides],
-          "--config.model.code_embedding=appearance", *extra]
+  return demo_t2i_args(demo, workdir, "--config.model.code_embedding=appearance", *extra)
 
 
 def test_training_sets_features_from_the_token_dataset_and_never_moves_them(demo_tiny_dir,

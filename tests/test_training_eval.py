@@ -14,24 +14,15 @@ from vlgen_jax.errors import UserError
 from vlgen_jax.eval import training_eval
 from vlgen_jax.eval.cli import sample_grid, score_samples
 from vlgen_jax.sample.sampler import SamplingOptions
+from trainer_helpers import demo_t2i_args
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _t2i_args(demo, workdir, *extra):
-  """`vlgen train` of the tiny demo's t2i model on its token dataset."""
-  recipe = load_config(os.path.join(REPO_ROOT, "configs/demo_tiny.py"), [])
-  return ["train", "--config", os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
-          "--workdir", str(workdir),
-          f"--config.data.data_dir={demo / 'tokens'}",
-          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
-          *[f"--config.{o}" for o in recipe.t2i.overrides], *extra]
 
 
 def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_dir, tmp_path):
   from vlgen_jax.sample.generator import Generator
   workdir = tmp_path / "t2i"
-  assert cli.main(_t2i_args(demo_tiny_dir, workdir, "--config.total_steps=4",
+  assert cli.main(demo_t2i_args(demo_tiny_dir, workdir, "--config.total_steps=4",
                             "--config.eval_every=2", "--config.sample_eval.num=6",
                             "--config.sample_eval.batch_size=4")) == 0
   lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -99,3 +99,15 @@ def in_process_compile_cache(compile_cache_dir):
   for n, v in old.items():
     jax.config.update(n, v)
   compilation_cache.reset_cache()
+
+
+def demo_t2i_args(demo, workdir, *extra) -> list[str]:
+  """`vlgen train` args of the tiny demo's t2i model (configs/demo_tiny.py
+  overrides of configs/t2i_shapes.py) on that demo's token dataset."""
+  from vlgen_jax.config import load_config
+  recipe = load_config(str(REPO_ROOT / "configs" / "demo_tiny.py"), [])
+  return ["train", "--config", str(REPO_ROOT / "configs" / "t2i_shapes.py"),
+          "--workdir", str(workdir),
+          f"--config.data.data_dir={demo / 'tokens'}",
+          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
+          *[f"--config.{o}" for o in recipe.t2i.overrides], *extra]
