@@ -116,3 +116,19 @@ def test_bad_mesh_is_a_one_line_error(args, message, capsys):
 def test_non_t2i_config_is_refused(capsys):
   assert cli.main(["model-info", "--config", "configs/toy.py"]) == 2
   assert "model-info sizes t2i configs" in capsys.readouterr().err
+
+
+def test_appearance_codes_are_sized_without_data_and_carry_no_optimizer_state(capsys):
+  """configs/t2i_shapes.py ties codes to appearance features read from a token
+  dataset; sizing needs no data, and the frozen (512, 192) features add params
+  but no AdamW moments."""
+  sizes = {}
+  for embedding in ("appearance", "learned"):
+    assert cli.main(["model-info", "--config", "configs/t2i_shapes.py", "--json",
+                     f"--config.model.code_embedding={embedding}"]) == 0
+    sizes[embedding] = json.loads(capsys.readouterr().out)["bytes_per_device"]
+  features = 512 * 192 * 4
+  appearance, learned = sizes["appearance"], sizes["learned"]
+  # (AdamW: two moments per trained param, plus a few step counters.)
+  assert 0 <= appearance["optimizer"] - 2 * (appearance["params"] - features) <= 64
+  assert 0 <= learned["optimizer"] - 2 * learned["params"] <= 64

@@ -106,7 +106,10 @@ def model_info(config, mesh_sizes: Mapping[str, int]) -> dict[str, Any]:
   spec = task.spec
   batch = {"text_ids": jax.ShapeDtypeStruct((1, spec.text_length), jnp.int32),
            "image_tokens": jax.ShapeDtypeStruct((1, spec.num_image_tokens), jnp.int32)}
-  boxed, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
+  # The model's own init, not the task's: sizes need no data (the task would
+  # read appearance features from a token dataset, values that do not matter here).
+  boxed = jax.eval_shape(lambda key, text, image: task.model.init({"params": key}, text, image)[
+      "params"], jax.random.key(0), batch["text_ids"], batch["image_tokens"])
   params = sharding_lib.unbox(boxed)
   tx, _ = optimizer_lib.make_optimizer(config, task.optimizer_labels(params),
                                        task.frozen_params(params))
