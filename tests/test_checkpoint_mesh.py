@@ -40,7 +40,7 @@ def _assert_equal_trees(a, b):
 
 def test_checkpoint_layout_and_export(saved_run):
   workdir, params = saved_run
-  assert ckpt_lib._checkpoint_steps(str(workdir)) == [2, 4, 6]
+  assert ckpt_lib.checkpoint_steps(str(workdir)) == [2, 4, 6]
   assert (workdir / "checkpoints" / "6" / "data" / "process_0-of-1.json").exists()
   assert json.loads((workdir / "export" / "meta.json").read_text()) == {"step": 6}
   saved_config = ckpt_lib.load_config(str(workdir))
@@ -87,7 +87,7 @@ def test_resume_on_another_mesh_and_on_one_device(saved_run, tmp_path):
     assert sorted(losses)[-2:] == [7, 8] and all(np.isfinite(losses[s]) for s in (7, 8))
     assert int(state.step) == 8
     finals[name] = jax.device_get(state.params)
-    assert ckpt_lib._checkpoint_steps(str(run))[-1] == 8
+    assert ckpt_lib.checkpoint_steps(str(run))[-1] == 8
   # Both continuations agree (the same training math on different meshes).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                finals["data4_fsdp2"], finals["one_device"])

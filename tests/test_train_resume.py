@@ -1,7 +1,6 @@
 """Preemption and exact resume, on real `vlgen train` subprocesses (8 CPU devices)."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from trainer_helpers import (compile_cache_dir, read_metrics, run_train, start_train,  # noqa: F401
                              subprocess_env, train_losses)
-from vlgen_jax.train.checkpoint import load_params
+from vlgen_jax.train.checkpoint import checkpoint_steps, load_params
 
 # Dropout on, so the per-step RNG must resume exactly too; a sharded mesh, so
 # the restored state must land on the right shardings.
@@ -23,11 +22,6 @@ def _check(proc):
   return proc
 
 
-def _checkpoint_steps(workdir):
-  root = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
-
-
 def test_sigterm_at_step_13_then_resume_is_bit_identical(tmp_path, compile_cache_dir):
   env = subprocess_env(compile_cache_dir)
   straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -38,7 +32,7 @@ def test_sigterm_at_step_13_then_resume_is_bit_identical(tmp_path, compile_cache
   first = _check(run_train(stopped, {**RUN, "debug.sigterm_after_step": 13}, env))
   assert "stopped by SIGTERM at step 13" in first.stderr
   assert max(train_losses(stopped)) == 13
-  assert _checkpoint_steps(stopped) == [10, 13]
+  assert checkpoint_steps(stopped) == [10, 13]
   assert not (stopped / "export").exists()
 
   second = _check(run_train(stopped, RUN, env))
@@ -77,7 +71,7 @@ def test_external_sigint_saves_at_the_current_step(tmp_path, compile_cache_dir):
   assert proc.returncode == 130, stderr[-3000:]
   last = max(train_losses(workdir))
   assert f"stopped by SIGINT at step {last}" in stderr
-  assert _checkpoint_steps(workdir)[-1] == last
+  assert checkpoint_steps(workdir)[-1] == last
 
   resumed = _check(run_train(workdir, {**run, "total_steps": last + 2}, env))
   assert f"resumed from step {last}" in resumed.stderr

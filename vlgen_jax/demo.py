@@ -77,7 +77,7 @@ def _unfinished_training(run_dir: str) -> str | None:
   exported = checkpoint.export_step(run_dir)
   if exported == total:
     return None
-  saved = checkpoint._checkpoint_steps(run_dir)  # pylint: disable=protected-access
+  saved = checkpoint.checkpoint_steps(run_dir)
   return (f"stopped before its last step (total_steps {total}, latest checkpoint: "
           f"{saved[-1] if saved else 'none'})")
 

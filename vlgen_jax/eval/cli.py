@@ -112,8 +112,10 @@ def score_and_report(images, captions, report_dir: str, extra: dict | None = Non
           file=sys.stderr)
   if summary is None:
     raise UserError("none of the captions is a shapes caption; nothing to score")
-  kept = [(im, c, s) for im, c, s in zip(images, captions, all_scores) if s is not None]
-  images, captions, scores = ([k[i] for k in kept] for i in range(3))
+  kept = [i for i, s in enumerate(all_scores) if s is not None]
+  images = [images[i] for i in kept]
+  captions = [captions[i] for i in kept]
+  scores = [all_scores[i] for i in kept]
   summary["unscored_captions"] = skipped
   summary.update(extra or {})
   os.makedirs(report_dir, exist_ok=True)

@@ -19,6 +19,7 @@ process 0 scores and writes.
 from __future__ import annotations
 
 import os
+
 import ml_collections
 import numpy as np
 

@@ -22,7 +22,7 @@ IMAGE_POSITIONS = ("learned_2d", "rope_2d")
 TEXT_POSITIONS = ("learned", "rope")
 ATTENTION_IMPLS = ("xla", "cudnn")
 # How image codes are embedded and scored: a learned row per code, or linear
-# maps of each code's VQ rendering (vlgen_jax/model/code_embedding.py).
+# maps of each code's mean training patch (vlgen_jax/model/code_embedding.py).
 CODE_EMBEDDINGS = ("learned", "appearance")
 
 

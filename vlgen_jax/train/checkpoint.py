@@ -363,7 +363,8 @@ def export_step(workdir) -> int | None:
   return int(json.loads(path.read_text())["step"])
 
 
-def _checkpoint_steps(workdir) -> list[int]:
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of WORKDIR's complete checkpoints (their train state saved), ascending."""
   root = workdir_path(workdir) / CHECKPOINTS
   if not root.is_dir():
     return []
@@ -403,7 +404,7 @@ def load_train_state(workdir, step: int, shardings=None) -> dict:
   path = workdir_path(workdir) / CHECKPOINTS / str(step) / STATE_ITEM
   if not path.exists():
     raise UserError(f"no checkpoint for step {step} in {workdir} "
-                    f"(have: {_checkpoint_steps(workdir) or 'none'})")
+                    f"(have: {checkpoint_steps(workdir) or 'none'})")
   return _restore_tree(path, shardings, None)
 
 
@@ -415,7 +416,7 @@ def load_params(workdir, step: int | None = None, shardings=None) -> PyTree:
   `jax.sharding.Sharding` for every leaf, or a tree of them like the params.
   """
   root = workdir_path(workdir)
-  steps = _checkpoint_steps(workdir)
+  steps = checkpoint_steps(workdir)
   exported = export_step(workdir)
   if step is None:
     if exported is not None and (not steps or exported >= steps[-1]):
