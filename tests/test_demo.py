@@ -79,6 +79,7 @@ def test_eval_scores_a_folder_of_images(demo_dir, capsys):
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),
     (["--top-k", "-1"], "top-k must be a non-negative integer"),
     (["--temperature", "-2"], "temperature must be >= 0"),
+    (["--plausibility", "1"], "plausibility must be in [0, 1)"),
     (["--num-per-prompt", "0"], "--num-per-prompt must be >= 1"),
     (["--step", "999"], "no checkpoint for step 999"),
 ])

@@ -102,7 +102,9 @@ def test_padded_ids_never_sampled(tiny):
 
 @pytest.mark.parametrize("options", [SamplingOptions(temperature=0.0),
                                      SamplingOptions(temperature=1.0, top_k=8, top_p=0.9,
-                                                     cfg_scale=2.0, cfg_schedule="linear")])
+                                                     cfg_scale=2.0, cfg_schedule="linear"),
+                                     SamplingOptions(temperature=0.5, cfg_scale=3.0,
+                                                     plausibility=0.1)])
 def test_cached_equals_full_recompute(tiny, options):
   np.testing.assert_array_equal(_run(tiny, options, seed=4),
                                 _run(tiny, options, seed=4, cached=False))
@@ -126,12 +128,60 @@ def test_sharded_sampling_equals_single_device(tiny):
   np.testing.assert_array_equal(np.asarray(got), expected)
 
 
+def test_keep_plausible_rule():
+  probs = np.array([[0.5, 0.2, 0.04, 0.26], [0.1, 0.1, 0.1, 0.7]])
+  reference = jnp.log(jnp.asarray(probs))
+  logits = jnp.asarray([[1.0, 2.0, 3.0, 4.0]] * 2)
+  kept = lambda a: np.asarray(sampler.keep_plausible(logits, reference, a))  # noqa: E731
+  # p >= 0.1 * max p: 0.05 and 0.07 are the floors.
+  np.testing.assert_array_equal(kept(0.1), [[1, 2, -np.inf, 4], [1, 2, 3, 4]])
+  # p >= 0.5 * max: 0.26 >= 0.25 stays; in row 2 only the top code.
+  np.testing.assert_array_equal(kept(0.5), [[1, -np.inf, -np.inf, 4],
+                                            [-np.inf, -np.inf, -np.inf, 4]])
+
+
+def test_plausibility_stops_guidance_promoting_codes_the_caption_makes_unlikely():
+  # Code 2 is unlikely given the caption but far less likely without it, so
+  # plain guidance makes it the top code; the plausibility floor removes it.
+  cond = jnp.log(jnp.asarray([[0.6, 0.35, 0.01, 0.04]]))
+  uncond = jnp.log(jnp.asarray([[0.5, 0.3, 0.0001, 0.1999]]))
+  logits = jnp.concatenate([cond, uncond])
+  mix = lambda **kw: np.asarray(sampler.next_token_logits(  # noqa: E731
+      logits, 1, True, SamplingOptions(cfg_scale=3.0, **kw), 0, 4))
+  assert mix().argmax() == 2
+  floored = mix(plausibility=0.1)
+  assert floored.argmax() == 0 and np.isinf(floored[0, [2, 3]]).all()
+  np.testing.assert_allclose(floored[0, :2], mix()[0, :2])
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_sampled_codes_are_plausible_given_the_caption(tiny, cfg_scale):
+  """Every drawn code has p(code | caption, earlier codes) >= a * the top code's."""
+  a = 0.2
+  opts = SamplingOptions(temperature=20.0, cfg_scale=cfg_scale, plausibility=a)
+  tokens = _run(tiny, opts, seed=2)
+  logits = tiny["model"].apply({"params": tiny["params"]}, tiny["text"], jnp.asarray(tokens),
+                               train=False)
+  log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  chosen = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  assert (chosen >= log_probs.max(-1) + np.log(a) - 1e-5).all()
+  # The floor binds: without it the hot sampler draws implausible codes.
+  free = _run(tiny, SamplingOptions(temperature=20.0, cfg_scale=cfg_scale), seed=2)
+  logits = tiny["model"].apply({"params": tiny["params"]}, tiny["text"], jnp.asarray(free),
+                               train=False)
+  log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  chosen = np.take_along_axis(log_probs, free[..., None], axis=-1)[..., 0]
+  assert (chosen < log_probs.max(-1) + np.log(a)).mean() > 0.5
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(top_p=0.0), "top-p must be in \\(0, 1\\]"),
     (dict(top_p=1.5), "top-p must be in \\(0, 1\\]"),
     (dict(top_k=-1), "top-k must be a non-negative integer"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
     (dict(cfg_schedule="cosine"), "cfg schedule must be one of"),
+    (dict(plausibility=1.0), "plausibility must be in \\[0, 1\\)"),
+    (dict(plausibility=-0.1), "plausibility must be in \\[0, 1\\)"),
 ])
 def test_invalid_options(kwargs, message):
   with pytest.raises(UserError, match=message):

@@ -82,6 +82,12 @@ def test_sampling_options_come_from_the_config_unless_a_flag_is_given():
   c = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"), [])
   options = SamplingOptions.from_config(c)
   assert (options.cfg_scale, options.temperature, options.top_k) == (1.0, 0.3, 16)
+  assert options.plausibility == 0.3
+  # The quick start's shortened schedule samples with guidance (its t2i overrides).
+  from vlgen_jax.demo import _overrides
+  demo = load_config(os.path.join(REPO_ROOT, "configs/demo_quickstart.py"), [])
+  quick = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"), _overrides(demo.t2i.overrides))
+  assert (SamplingOptions.from_config(quick).cfg_scale, quick.total_steps) == (2.0, 6000)
   assert SamplingOptions.from_config(c, cfg_scale=2.0, top_k=None).cfg_scale == 2.0
   assert SamplingOptions.from_config(c, cfg_scale=2.0, top_k=None).top_k == 16
   with pytest.raises(UserError, match="top-p must be in"):

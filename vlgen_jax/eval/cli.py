@@ -162,6 +162,7 @@ def run(args) -> int:
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False)
   summary = score_and_report(images, captions, report, {
       "split": args.split, "cfg_scale": options.cfg_scale, "temperature": options.temperature,
-      "top_k": options.top_k, "top_p": options.top_p, "seed": args.seed, "report": report})
+      "top_k": options.top_k, "top_p": options.top_p,
+      "plausibility": options.plausibility, "seed": args.seed, "report": report})
   print(json.dumps(summary))
   return 0

@@ -75,7 +75,7 @@ def t2i_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   # Guidance 3 beat 1 on the shapes quick start (fidelity 0.065 vs 0.035,
   # color accuracy 0.85 vs 0.70, 200 validation captions).
   c.sample = ml_collections.ConfigDict({
-      "cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})
+      "cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "plausibility": 0.0})
   # In-training sample evaluation (vlgen_jax/eval/training_eval.py): off
   # unless `num` > 0; runs at eval steps, with the `sample` options above.
   c.sample_eval = training_eval.default_config()

@@ -28,6 +28,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                       help="classifier-free guidance scale (default: the run's config, else 1)")
   parser.add_argument("--cfg-schedule", default=None, choices=("constant", "linear"),
                       help="default: the run's config, else constant")
+  parser.add_argument("--plausibility", type=float, default=None,
+                      help="only draw codes whose probability given the caption is >= this "
+                           "fraction of the most likely code's (default: the run's config, else 0)")
   parser.add_argument("--temperature", type=float, default=None)
   parser.add_argument("--top-k", type=int, default=None)
   parser.add_argument("--top-p", type=float, default=None)
@@ -44,7 +47,8 @@ def sampling_options(args, config):
   from vlgen_jax.sample.sampler import SamplingOptions
   return SamplingOptions.from_config(
       config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule)
+      cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+      plausibility=args.plausibility)
 
 
 def read_prompts(args) -> list[str]:

@@ -4,7 +4,14 @@ Per prompt the text is encoded once and the decoder's cross-attention K/V are
 computed once (`Model.init_cache`); each step runs `Model.decode_step` on one
 token against a static-size self-attention cache. Classifier-free guidance
 runs the conditional and unconditional (empty-caption) rows as one batch of
-2B and mixes logits as `uncond + scale_t * (cond - uncond)`.
+2B and mixes logits as `uncond + scale_t * (cond - uncond)`. With
+`plausibility` = a > 0, a code is only drawn if the *conditional* model gives
+it at least a times the probability of its most likely code (contrastive
+decoding's plausibility constraint, Li et al. 2022): guidance then reorders
+codes the caption already makes likely instead of promoting codes both models
+find unlikely. On shapes that is what makes guidance help (docs/recipes.md):
+with image codes tied to their appearance, unrestricted guidance turned
+near-background codes into extra objects.
 
 Randomness is per image: image i draws its token t from
 `fold_in(key_i, t)`, so an image depends only on its own key and prompt, not
@@ -32,6 +39,9 @@ class SamplingOptions:
   top_p: float = 1.0           # 1 = off; keep the smallest nucleus with mass >= p.
   cfg_scale: float = 1.0       # 1 = plain conditional sampling.
   cfg_schedule: str = "constant"  # "linear": scale ramps from 1 at the first token to cfg_scale.
+  # 0 = off; else keep codes with p(code | caption) >= plausibility * max p(. | caption),
+  # judged before guidance and temperature.
+  plausibility: float = 0.0
 
   def validate(self) -> "SamplingOptions":
     if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -45,6 +55,8 @@ class SamplingOptions:
     if self.cfg_schedule not in CFG_SCHEDULES:
       raise UserError(f"cfg schedule must be one of {', '.join(CFG_SCHEDULES)}, "
                       f"got {self.cfg_schedule!r}")
+    if not 0.0 <= self.plausibility < 1.0:
+      raise UserError(f"plausibility must be in [0, 1), got {self.plausibility}")
     return self
 
   @classmethod
@@ -52,7 +64,8 @@ class SamplingOptions:
     """The run's `config.sample` defaults, each replaced by a non-None flag; validated."""
     defaults = config.get("sample", None) or {}
     fields = {"temperature": (float, 1.0), "top_k": (int, 0), "top_p": (float, 1.0),
-              "cfg_scale": (float, 1.0), "cfg_schedule": (str, "constant")}
+              "cfg_scale": (float, 1.0), "cfg_schedule": (str, "constant"),
+              "plausibility": (float, 0.0)}
     values = {name: cast(flags[name] if flags.get(name) is not None
                          else defaults.get(name, default))
               for name, (cast, default) in fields.items()}
@@ -84,6 +97,13 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   return logits
 
 
+def keep_plausible(logits, reference_logits, plausibility: float):
+  """`logits` with -inf wherever softmax(reference_logits) < plausibility * its max."""
+  log_probs = jax.nn.log_softmax(reference_logits.astype(jnp.float32), axis=-1)
+  floor = jnp.max(log_probs, axis=-1, keepdims=True) + np.log(plausibility)
+  return jnp.where(log_probs >= floor, logits, -jnp.inf)
+
+
 def pick_tokens(logits, keys, options: SamplingOptions):
   """logits (B, V) fp32, keys (B,) -> token ids (B,) int32."""
   if options.temperature == 0.0:
@@ -112,11 +132,17 @@ def _with_unconditional(text_ids, empty_caption):
   return jnp.concatenate([text_ids, empty], axis=0)
 
 
-def _mix(logits, batch: int, guided: bool, options: SamplingOptions, position, num_tokens: int):
-  if not guided:
-    return logits
-  cond, uncond = logits[:batch], logits[batch:]
-  return uncond + guidance_scale(options, position, num_tokens) * (cond - uncond)
+def next_token_logits(logits, batch: int, guided: bool, options: SamplingOptions, position,
+                      num_tokens: int):
+  """Decoder logits of B (or 2B guided: cond then uncond) rows -> the B rows to draw from."""
+  cond = logits[:batch]
+  mixed = cond
+  if guided:
+    uncond = logits[batch:]
+    mixed = uncond + guidance_scale(options, position, num_tokens) * (cond - uncond)
+  if options.plausibility > 0:
+    mixed = keep_plausible(mixed, cond, options.plausibility)
+  return mixed
 
 
 def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
@@ -144,7 +170,7 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
     token, cache = carry
     inputs = jnp.concatenate([token, token]) if guided else token
     logits, cache = model.apply(variables, inputs, position, cache, method=Model.decode_step)
-    logits = _mix(logits, batch, guided, options, position, num_tokens)
+    logits = next_token_logits(logits, batch, guided, options, position, num_tokens)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
     nxt = pick_tokens(logits, step_keys, options)
     return (nxt, cache), nxt
@@ -171,7 +197,7 @@ def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: Samp
     inputs = jnp.concatenate([tokens, tokens]) if options.guided else tokens
     logits = model.apply(variables, text_ids, inputs, train=False)
     logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
-    logits = _mix(logits, batch, options.guided, options, position, num_tokens)
+    logits = next_token_logits(logits, batch, options.guided, options, position, num_tokens)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
     nxt = pick_tokens(logits, step_keys, options)
     return jax.lax.dynamic_update_index_in_dim(tokens, nxt, position, axis=1), None
