@@ -6,7 +6,7 @@ Stages and what they train:
   tokenizer  SentencePiece on the captions
   vq         configs/vq_shapes.py, 2000 of its 3500 steps (reconstructions
              keep ~97% of captions satisfied)
-  t2i        configs/t2i_shapes.py, 6000 of its 20000 steps, sampled with
+  t2i        configs/t2i_shapes.py, 6000 of its 10000 steps, sampled with
              guidance 2 (the full schedule samples best at 1)
 The full recipe (same stages, full schedules) is configs/demo_shapes.py.
 """

@@ -2,7 +2,7 @@
 
 The quick start's stages with their full schedules: the default 50k/2k/2k
 shapes splits, configs/vq_shapes.py (3500 steps) and configs/t2i_shapes.py
-(20000 steps of batch 16, a sampled-and-scored validation grid every 2000
+(10000 steps of batch 16, a sampled-and-scored validation grid every 2000
 steps in TensorBoard). Measured results and wall time: docs/recipes.md.
 Held-out pairs: `vlgen eval --workdir W --split heldout --num 200`.
 """
