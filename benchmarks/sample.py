@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import sys
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
   p.add_argument("--batch-sizes", default="1,8,32", help="e.g. 1,8,64")
   p.add_argument("--modes", default="cached,full")
   p.add_argument("--cfg", default="1,3", help="guidance scales to run (1 = off)")
+  p.add_argument("--plausibility", default="0",
+                 help="plausibility floors to run, e.g. 0,0.3 (0 = off; sampler.keep_plausible)")
   p.add_argument("--full-max-batch", type=int, default=1,
                  help="skip full recompute above this batch (it is slow by design)")
   p.add_argument("--dtype", default="auto")
@@ -91,11 +94,13 @@ def main(argv=None) -> int:
   print(f"device: {device.device_kind} ({device.platform}); params: {n_params/1e6:.2f}M; "
         f"tokens per image: {spec.num_image_tokens}; dtype: {spec.compute_dtype().__name__}")
   for mode in args.modes.split(","):
-    for cfg in [float(c) for c in args.cfg.split(",")]:
-      for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    for cfg, floor_a, bs in itertools.product(
+        [float(c) for c in args.cfg.split(",")], [float(a) for a in args.plausibility.split(",")],
+        [int(b) for b in args.batch_sizes.split(",")]):
         if mode == "full" and bs > args.full_max_batch:
           continue
-        opts = sampler.SamplingOptions(temperature=1.0, top_k=100, cfg_scale=cfg)
+        opts = sampler.SamplingOptions(temperature=1.0, top_k=100, cfg_scale=cfg,
+                                       plausibility=floor_a).validate()
         fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"))
         text = jnp.asarray(np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len)),
                            jnp.int32)
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
           fn(params, text, keys).block_until_ready()
           times.append(time.perf_counter() - t0)
         t = min(times)
-        row = {"mode": mode, "cfg_scale": cfg, "batch": bs, "seconds": t,
+        row = {"mode": mode, "cfg_scale": cfg, "plausibility": floor_a, "batch": bs, "seconds": t,
                "first_call_s": compile_s, "images_per_s": bs / t,
                "tokens_per_s": bs * spec.num_image_tokens / t}
         # Model FLOPs of cached decoding: 2 x params per token and row (x2 rows
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
           floor = spec.num_image_tokens * (param_bytes + cache_bytes) / bw
           row.update(floor_s=floor, ratio_to_floor=t / floor)
         rows.append(row)
-        print(f"{mode:>6}  cfg={cfg:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
+        print(f"{mode:>6}  cfg={cfg:<4g} a={floor_a:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
               f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s  "
               f"MFU {'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}"
               + (f"  {row['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in row else ""),
@@ -137,13 +142,17 @@ def main(argv=None) -> int:
   for r in rows:
     if r["mode"] == "full":
       c = next((x for x in rows if x["mode"] == "cached" and x["batch"] == r["batch"]
-                and x["cfg_scale"] == r["cfg_scale"]), None)
+                and x["cfg_scale"] == r["cfg_scale"]
+                and x["plausibility"] == r["plausibility"]), None)
       if c:
-        speedups[f"batch{r['batch']}_cfg{r['cfg_scale']:g}"] = r["seconds"] / c["seconds"]
-  print("\n| mode | cfg | batch | ms | tokens/s | images/s | MFU |\n|---|---|---|---|---|---|---|")
+        key = f"batch{r['batch']}_cfg{r['cfg_scale']:g}_a{r['plausibility']:g}"
+        speedups[key] = r["seconds"] / c["seconds"]
+  print("\n| mode | cfg | plausibility | batch | ms | tokens/s | images/s | MFU |\n"
+        "|---|---|---|---|---|---|---|---|")
   for r in rows:
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
-    print(f"| {r['mode']} | {r['cfg_scale']:g} | {r['batch']} | {r['seconds']*1e3:.1f} | "
+    print(f"| {r['mode']} | {r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | "
+          f"{r['seconds']*1e3:.1f} | "
           f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} | {mfu} |")
   for k, v in speedups.items():
     print(f"cache speedup {k}: {v:.1f}x")
