@@ -97,46 +97,46 @@ def main(argv=None) -> int:
     for cfg, floor_a, bs in itertools.product(
         [float(c) for c in args.cfg.split(",")], [float(a) for a in args.plausibility.split(",")],
         [int(b) for b in args.batch_sizes.split(",")]):
-        if mode == "full" and bs > args.full_max_batch:
-          continue
-        opts = sampler.SamplingOptions(temperature=1.0, top_k=100, cfg_scale=cfg,
-                                       plausibility=floor_a).validate()
-        fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"))
-        text = jnp.asarray(np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len)),
-                           jnp.int32)
-        keys = sampler.image_keys(0, 0, bs)
+      if mode == "full" and bs > args.full_max_batch:
+        continue
+      opts = sampler.SamplingOptions(temperature=1.0, top_k=100, cfg_scale=cfg,
+                                     plausibility=floor_a)  # make_sampler validates
+      fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"))
+      text = jnp.asarray(np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len)),
+                         jnp.int32)
+      keys = sampler.image_keys(0, 0, bs)
+      t0 = time.perf_counter()
+      fn(params, text, keys).block_until_ready()
+      compile_s = time.perf_counter() - t0
+      times = []
+      for r in range(args.repeats):
+        keys = sampler.image_keys(r + 1, 0, bs)
         t0 = time.perf_counter()
         fn(params, text, keys).block_until_ready()
-        compile_s = time.perf_counter() - t0
-        times = []
-        for r in range(args.repeats):
-          keys = sampler.image_keys(r + 1, 0, bs)
-          t0 = time.perf_counter()
-          fn(params, text, keys).block_until_ready()
-          times.append(time.perf_counter() - t0)
-        t = min(times)
-        row = {"mode": mode, "cfg_scale": cfg, "plausibility": floor_a, "batch": bs, "seconds": t,
-               "first_call_s": compile_s, "images_per_s": bs / t,
-               "tokens_per_s": bs * spec.num_image_tokens / t}
-        # Model FLOPs of cached decoding: 2 x params per token and row (x2 rows
-        # with CFG); MFU is n/a on CPU (no peak in the table).
-        rows_per_image = 2 if cfg != 1.0 else 1
-        flops = 2.0 * n_params * rows_per_image * bs * spec.num_image_tokens
-        row["mfu"] = flops / t / peak if (peak and mode == "cached") else None
-        if bw and mode == "cached":
-          rows_in_batch = bs * (2 if cfg != 1.0 else 1)
-          cache_bytes = (2 * spec.decoder_layers * rows_in_batch * spec.num_image_tokens *
-                         spec.num_heads * spec.head_dim * act_bytes +
-                         2 * spec.decoder_layers * rows_in_batch * text_len * spec.num_heads *
-                         spec.head_dim * act_bytes)
-          floor = spec.num_image_tokens * (param_bytes + cache_bytes) / bw
-          row.update(floor_s=floor, ratio_to_floor=t / floor)
-        rows.append(row)
-        print(f"{mode:>6}  cfg={cfg:<4g} a={floor_a:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
-              f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s  "
-              f"MFU {'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}"
-              + (f"  {row['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in row else ""),
-              flush=True)
+        times.append(time.perf_counter() - t0)
+      t = min(times)
+      row = {"mode": mode, "cfg_scale": cfg, "plausibility": floor_a, "batch": bs, "seconds": t,
+             "first_call_s": compile_s, "images_per_s": bs / t,
+             "tokens_per_s": bs * spec.num_image_tokens / t}
+      # Model FLOPs of cached decoding: 2 x params per token and row (x2 rows
+      # with CFG); MFU is n/a on CPU (no peak in the table).
+      rows_per_image = 2 if cfg != 1.0 else 1
+      flops = 2.0 * n_params * rows_per_image * bs * spec.num_image_tokens
+      row["mfu"] = flops / t / peak if (peak and mode == "cached") else None
+      if bw and mode == "cached":
+        rows_in_batch = bs * (2 if cfg != 1.0 else 1)
+        cache_bytes = (2 * spec.decoder_layers * rows_in_batch * spec.num_image_tokens *
+                       spec.num_heads * spec.head_dim * act_bytes +
+                       2 * spec.decoder_layers * rows_in_batch * text_len * spec.num_heads *
+                       spec.head_dim * act_bytes)
+        floor = spec.num_image_tokens * (param_bytes + cache_bytes) / bw
+        row.update(floor_s=floor, ratio_to_floor=t / floor)
+      rows.append(row)
+      print(f"{mode:>6}  cfg={cfg:<4g} a={floor_a:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
+            f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s  "
+            f"MFU {'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}"
+            + (f"  {row['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in row else ""),
+            flush=True)
 
   speedups = {}
   for r in rows:
