@@ -37,22 +37,23 @@ def main() -> None:
   parser.add_argument("--prefetch", type=int, default=2)
   args = parser.parse_args()
 
-  from vlgen_jax.data import pipeline, shapes, shapes_tfds
+  from vlgen_jax.data import pipeline
+  from vlgen_jax.shapes import scenes, tfds_builder
   from vlgen_jax.text.tokenizer import TextTokenizer
 
   data_dir = args.data_dir or tempfile.mkdtemp(prefix="vlgen_bench_")
   start = time.perf_counter()
-  shapes_tfds.prepare_shapes(data_dir, args.resolution, args.train_size, 64, 64, progress=False)
+  tfds_builder.prepare_shapes(data_dir, args.resolution, args.train_size, 64, 64, progress=False)
   print(f"shapes ready in {time.perf_counter() - start:.1f}s at {data_dir}")
 
-  captions = [shapes.sample_scene("train", i).caption for i in range(2000)]
+  captions = [scenes.sample_scene("train", i).caption for i in range(2000)]
   tok = TextTokenizer.train(captions, 256)
   start = time.perf_counter()
   tok.encode_batch(captions * 5, 32)
   _report("tokenizer encode_batch", len(captions) * 5, time.perf_counter() - start, "captions")
 
   cfg = pipeline.default_data_config()
-  cfg.name = pipeline.shapes_dataset_name(args.resolution, args.train_size, 64, 64)
+  cfg.name = scenes.dataset_name(args.resolution, args.train_size, 64, 64)
   cfg.data_dir = data_dir
   cfg.resolution = args.resolution_out or args.resolution
   cfg.read_threads, cfg.read_buffer, cfg.prefetch = args.read_threads, args.read_buffer, args.prefetch

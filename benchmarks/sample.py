@@ -64,7 +64,7 @@ def main(argv=None) -> int:
   from vlgen_jax.config import load_config
   from vlgen_jax.model.spec import ModelSpec
   from vlgen_jax.model.t2i import Model
-  from vlgen_jax.model.task import empty_caption_ids
+  from vlgen_jax.tasks.t2i import empty_caption_ids
   from vlgen_jax.sample import sampler
   from vlgen_jax.train import sharding
   from vlgen_jax.train.metrics import peak_flops

@@ -31,31 +31,31 @@ def main() -> None:
   parser.add_argument("--skip-build", action="store_true")
   args = parser.parse_args()
 
-  from vlgen_jax.data import shapes
-  from vlgen_jax.data import shapes_tfds
-  from vlgen_jax.eval import shapes_detector
+  from vlgen_jax.shapes import scenes
+  from vlgen_jax.shapes import tfds_builder
+  from vlgen_jax.shapes import detector
 
   start = time.perf_counter()
-  scenes = [shapes.sample_scene("train", i) for i in range(args.n)]
+  scenes = [scenes.sample_scene("train", i) for i in range(args.n)]
   _report("sample_scene", args.n, time.perf_counter() - start)
-  for resolution in shapes.RESOLUTIONS:
+  for resolution in scenes.RESOLUTIONS:
     start = time.perf_counter()
-    images = [shapes.render(s, resolution) for s in scenes]
+    images = [scenes.render(s, resolution) for s in scenes]
     _report(f"render {resolution}px", args.n, time.perf_counter() - start)
     start = time.perf_counter()
     for image in images[:1000]:
-      shapes_tfds.encode_png(image)
+      tfds_builder.encode_png(image)
     _report(f"encode_png {resolution}px", min(1000, args.n), time.perf_counter() - start)
     start = time.perf_counter()
     for image in images[:1000]:
-      shapes_detector.detect(image)
+      detector.detect(image)
     _report(f"detect {resolution}px", min(1000, args.n), time.perf_counter() - start)
 
   if not args.skip_build:
     total = args.train_size + args.validation_size + args.heldout_size
     with tempfile.TemporaryDirectory() as data_dir:
       start = time.perf_counter()
-      shapes_tfds.prepare_shapes(data_dir, args.resolution, args.train_size,
+      tfds_builder.prepare_shapes(data_dir, args.resolution, args.train_size,
                                  args.validation_size, args.heldout_size, progress=False)
       _report(f"tfds build {args.resolution}px (all splits)", total, time.perf_counter() - start)
 

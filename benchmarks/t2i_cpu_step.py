@@ -39,7 +39,7 @@ def step_time(overrides, batch_size: int, steps: int) -> float:
   import numpy as np
   import optax
   from vlgen_jax.config import load_config
-  from vlgen_jax.model.task import TextToImageTask
+  from vlgen_jax.tasks.t2i import TextToImageTask
   config = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"),
                        [f"--config.{o}" for o in overrides])
   task = TextToImageTask(config)

@@ -79,7 +79,7 @@ def build_cases(args) -> list[dict]:
 
 
 def _case_overrides(case: dict, args) -> list[str]:
-  from vlgen_jax.model.info import parse_mesh
+  from vlgen_jax.train.model_info import parse_mesh
   sizes = parse_mesh(case["mesh"])
   items = [f"--config.mesh.{axis}={size}" for axis, size in sizes.items()]
   items.append(f"--config.remat={case['remat']}")
@@ -134,7 +134,7 @@ def run_case(case: dict, args) -> dict:
   from vlgen_jax.train import sharding as shd
   from vlgen_jax.train import step as step_lib
   from vlgen_jax.train import validation
-  from vlgen_jax.train.task import build_task
+  from vlgen_jax.tasks import build_task
 
   start = time.perf_counter()
   config = load_config(case["config"], _case_overrides(case, args))

@@ -5,7 +5,7 @@ Size it for another mesh without allocating anything:
 
   vlgen model-info --config configs/parti_750m.py --mesh data=..,fsdp=..,tensor=..
 """
-from vlgen_jax.model.defaults import parti_config
+from vlgen_jax.tasks.t2i_defaults import parti_config
 
 
 def get_config():

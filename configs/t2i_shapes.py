@@ -17,7 +17,7 @@ shortened schedule of this config; configs/demo_shapes.py runs it in full.
   vlgen train --config configs/t2i_shapes.py --workdir W \\
       --config.data.data_dir=TOKENS_DIR --config.data.tokenizer=TOKENIZER.model
 """
-from vlgen_jax.model.defaults import t2i_config
+from vlgen_jax.tasks.t2i_defaults import t2i_config
 
 
 def get_config():
@@ -51,4 +51,5 @@ def get_config():
   c.sample.update(cfg_scale=1.0, temperature=0.3, top_k=16, plausibility=0.3)
   # Every eval: 64 fixed validation captions sampled and scored (TensorBoard).
   c.sample_eval.num = 64
+  c.evaluators = ("shapes",)
   return c

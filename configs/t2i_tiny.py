@@ -3,7 +3,7 @@
 A 4x4 token "image" of 64 codes conditioned on captions of up to 4 words;
 it learns the caption -> tokens mapping in 200 steps on CPU.
 """
-from vlgen_jax.model.defaults import t2i_config
+from vlgen_jax.tasks.t2i_defaults import t2i_config
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""The smallest trainer config: the `toy` task (vlgen_jax/train/toy.py), a tiny
+"""The smallest trainer config: the `toy` task (vlgen_jax/tasks/toy.py), a tiny
 causal transformer on synthetic sequences. Trains in seconds on CPU; tests
 use it to check sharding, accumulation, checkpoints and multi-host runs.
 

@@ -26,12 +26,12 @@ def shapes_data_dir(tmp_path_factory) -> pathlib.Path:
   Config: resolution 64, train 512, validation 64, heldout 64 examples, as
   ArrayRecord (config name `res64_train512_val64_heldout64`). Get its builder
   without rebuilding via
-  `shapes_tfds.prepare_shapes(shapes_data_dir, 64, 512, 64, 64)`, or read a
+  `tfds_builder.prepare_shapes(shapes_data_dir, 64, 512, 64, 64)`, or read a
   split with `builder.as_data_source("train")`. Treat it as read-only.
   """
-  from vlgen_jax.data import shapes_tfds
+  from vlgen_jax.shapes import tfds_builder
   data_dir = tmp_path_factory.mktemp("shapes_data")
-  shapes_tfds.prepare_shapes(data_dir, resolution=64, train_size=512, validation_size=64,
+  tfds_builder.prepare_shapes(data_dir, resolution=64, train_size=512, validation_size=64,
                              heldout_size=64, progress=False)
   return data_dir
 

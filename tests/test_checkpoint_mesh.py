@@ -59,7 +59,7 @@ def test_load_params_onto_another_mesh(saved_run, new_mesh):
   workdir, params = saved_run
   config = toy_config({f"mesh.{k}": v for k, v in new_mesh.items()})
   mesh = mesh_lib.create_mesh(config)
-  from vlgen_jax.train.toy import ToyTask
+  from vlgen_jax.tasks.toy import ToyTask
   from vlgen_jax.train import sharding as shd
   task = ToyTask(config)
   batch = {"tokens": jax.ShapeDtypeStruct((16, 9), np.int32)}

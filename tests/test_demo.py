@@ -4,6 +4,7 @@ demo workdir and on folders, with one-line errors for bad options."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ def test_demo_runs_every_stage_and_writes_a_summary(demo_dir):
   state = json.loads((demo_dir / "demo.json").read_text())
   assert all(state["stages"][s]["done"] for s in STAGES)
   results = json.loads((demo_dir / "eval" / "results.json").read_text())
-  assert results["n"] == 8 and 0.0 <= results["fidelity"] <= 1.0
+  assert results["n"] == 8 and 0.0 <= results["shapes"]["fidelity"] <= 1.0
   assert set(state["summary"]["stage_seconds"]) == set(STAGES)
   for path in ("eval/grid.png", "samples/grid.png", "samples/captions.tsv",
                "t2i/export/assets/text_tokenizer.model", "tokens/dataset_info.json"):
@@ -67,11 +68,23 @@ def test_sample_on_demo_workdir_writes_pngs_tsv_grid(demo_dir, tmp_path, capsys)
                                   np.asarray(Image.open(out / f"{i:05d}.png")))
 
 
-def test_eval_scores_a_folder_of_images(demo_dir, capsys):
+def test_eval_scores_a_folder_of_images(demo_dir, tmp_path, capsys):
   assert cli.main(["eval", "--images", str(demo_dir / "samples")]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   # The demo samples 2 prompts x 2; the empty (unconditional) prompt is not scored.
-  assert summary["n"] == 2 and summary["unscored_captions"] == 2
+  assert summary["n"] == 4 and summary["shapes"]["n"] == 2
+  assert summary["shapes"]["unscored"] == 2
+  # The folder says which run sampled it, and so which evaluators apply;
+  # a folder that does not must name them.
+  assert json.loads((demo_dir / "samples" / "sample.json").read_text())["evaluators"] == ["shapes"]
+  bare = tmp_path / "bare"
+  shutil.copytree(demo_dir / "samples", bare)
+  (bare / "sample.json").unlink()
+  assert cli.main(["eval", "--images", str(bare)]) == 2
+  assert "name the evaluators with --evaluators" in capsys.readouterr().err
+  assert cli.main(["eval", "--images", str(bare), "--evaluators", "shapes"]) == 0
+  assert cli.main(["eval", "--images", str(bare), "--evaluators", "nope"]) == 2
+  assert "unknown evaluator 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

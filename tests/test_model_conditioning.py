@@ -1,7 +1,7 @@
 """The decoder reads the caption: t2i_tiny, trained by the trainer, learns a
 caption -> tokens function that a text-blind model cannot.
 
-Synthetic data (vlgen_jax/model/synthetic.py): the image tokens are a fixed
+Synthetic data (vlgen_jax/data/synthetic.py): the image tokens are a fixed
 function of the caption's words, so with the text the task is solvable
 exactly; without it even the Bayes-optimal predictor cannot guess the first
 token of each word's band (~1/32), so token accuracy stays far below 99% and
@@ -15,8 +15,8 @@ import pytest
 
 from trainer_helpers import compile_cache_dir, in_process_compile_cache, read_metrics  # noqa: F401
 from vlgen_jax.config import load_config
-from vlgen_jax.model.synthetic import SyntheticCaptions
-from vlgen_jax.model.task import TextToImageTask
+from vlgen_jax.data.synthetic import SyntheticCaptions
+from vlgen_jax.tasks.t2i import TextToImageTask
 from vlgen_jax.sample.sampler import SamplingOptions, make_sampler
 from vlgen_jax.train.trainer import train
 

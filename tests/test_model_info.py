@@ -10,7 +10,7 @@ import pytest
 
 from vlgen_jax import cli
 from vlgen_jax.config import load_config
-from vlgen_jax.model import info
+from vlgen_jax.train import model_info as info
 
 # Non-embedding parameter counts of the Parti paper's models.
 PARTI = {"parti_350m": 350e6, "parti_750m": 750e6, "parti_3b": 3e9, "parti_20b": 20e9}
@@ -44,7 +44,7 @@ def test_abstract_memory_equals_a_real_sharded_init():
   from vlgen_jax.train import sharding as shd
   from vlgen_jax.train import step as step_lib
   from vlgen_jax.train.optimizer import make_optimizer
-  from vlgen_jax.train.task import build_task
+  from vlgen_jax.tasks import build_task
 
   config = load_config("configs/t2i_tiny.py", ["--config.mesh.data=2", "--config.mesh.fsdp=2",
                                                "--config.mesh.tensor=2"])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from vlgen_jax.config import load_config
-from vlgen_jax.model.synthetic import SyntheticCaptions
-from vlgen_jax.model.task import TextToImageTask
+from vlgen_jax.data.synthetic import SyntheticCaptions
+from vlgen_jax.tasks.t2i import TextToImageTask
 
 
 def _task(*overrides):

@@ -95,7 +95,7 @@ def _check_activation_shardings(config, params):
   by vocab over tensor, the batch over data x fsdp."""
   from vlgen_jax.model.attention import Attention
   from vlgen_jax.train import mesh as mesh_lib
-  from vlgen_jax.train.task import build_task
+  from vlgen_jax.tasks import build_task
 
   task = build_task(config)
   mesh = mesh_lib.create_mesh(config)

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlgen_jax.data import decode, pipeline, shapes
+from vlgen_jax.data import decode, pipeline
+
+from vlgen_jax.shapes import scenes
 from vlgen_jax.errors import UserError
 from vlgen_jax.text.tokenizer import TextTokenizer
 
-SHAPES_NAME = pipeline.shapes_dataset_name(64, 512, 64, 64)  # the shapes_data_dir fixture
+SHAPES_NAME = scenes.dataset_name(64, 512, 64, 64)  # the shapes_data_dir fixture
 GLOBAL_BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  return TextTokenizer.train([shapes.sample_scene("train", i).caption for i in range(600)], 256)
+  return TextTokenizer.train([scenes.sample_scene("train", i).caption for i in range(600)], 256)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +123,9 @@ def test_batches_match_the_records(shapes_config, tokenizer, shapes_data_dir):
   it.close()
   # Eval order is storage order; shapes record i is scene i of the split.
   for i in range(GLOBAL_BATCH):
-    scene = shapes.sample_scene("validation", i)
+    scene = scenes.sample_scene("validation", i)
     np.testing.assert_array_equal(decode.from_model_range(batch["image"][i]),
-                                  shapes.render(scene, 64))
+                                  scenes.render(scene, 64))
     assert tokenizer.decode(batch["text_ids"][i]) == scene.caption
   assert batch["image"].dtype == np.float32
   assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
@@ -152,7 +154,7 @@ def test_eval_pass_is_finite_and_covers_the_split(shapes_config, tokenizer, proc
     it.close()
   assert sum(s["records"] for s in stats) == 64
   got = [c for batches in per_process for b in batches for c in tokenizer.decode_batch(b["text_ids"])]
-  want = [shapes.sample_scene("validation", i).caption for i in range(64)]
+  want = [scenes.sample_scene("validation", i).caption for i in range(64)]
   if process_count == 1:
     assert [len(b) for b in per_process] == [2] and got == want[:48]
     assert stats[0]["dropped_remainder"] == 16
@@ -357,10 +359,10 @@ def test_all_bad_data_is_a_user_error():
 
 def test_tfds_fast_path_matches_tfds_decoding(shapes_config, shapes_data_dir):
   import tensorflow_datasets as tfds
-  from vlgen_jax.data import shapes_tfds
+  from vlgen_jax.shapes import tfds_builder
   source = pipeline.make_source(shapes_config, "validation")
   assert source._raw  # pylint: disable=protected-access
-  builder = shapes_tfds.prepare_shapes(shapes_data_dir, 64, 512, 64, 64, progress=False)
+  builder = tfds_builder.prepare_shapes(shapes_data_dir, 64, 512, 64, 64, progress=False)
   reference = builder.as_data_source("validation",
                                      decoders={"image": tfds.decode.SkipDecoding()})
   for i in (0, 17, 63):
@@ -418,15 +420,15 @@ def test_full_pass_with_captions(shapes_config):
     it.close()
   # 64 records in global batches of 24: 2 full, then 12 for process 0 and 4 for process 1.
   assert sizes == [12, 12, 12, 12, 12, 4]
-  assert sorted(captions) == sorted(shapes.sample_scene("validation", i).caption for i in range(64))
+  assert sorted(captions) == sorted(scenes.sample_scene("validation", i).caption for i in range(64))
   with pytest.raises(ValueError, match="finite"):
     pipeline.make_iterator(shapes_config, split="train", batch_size=4, seed=0, train=True,
                            process_index=0, process_count=1, drop_remainder=False)
 
 
 def test_shapes_name_matches_the_builder_config():
-  from vlgen_jax.data import shapes_tfds
-  assert pipeline.shapes_dataset_name(32, 100, 10, 5) == "shapes/" + shapes_tfds.config_name(
+  from vlgen_jax.shapes import tfds_builder
+  assert scenes.dataset_name(32, 100, 10, 5) == "shapes/" + tfds_builder.config_name(
       32, 100, 10, 5)
-  assert pipeline.default_data_config().name == "shapes/" + shapes_tfds.config_name(
-      64, **{f"{k}_size": v for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
+  assert pipeline.default_data_config().name == "shapes/" + tfds_builder.config_name(
+      64, **{f"{k}_size": v for k, v in scenes.DEFAULT_SPLIT_SIZES.items()})

@@ -19,7 +19,7 @@ DOC = REPO_ROOT / "docs" / "scaling.md"
 
 def _model_info_table(config_path: str, mesh: str) -> str:
   from vlgen_jax.config import load_config
-  from vlgen_jax.model import info
+  from vlgen_jax.train import model_info as info
   sizes = info.resolve_mesh(info.parse_mesh(mesh), None)
   return info.format_table(info.model_info(load_config(str(REPO_ROOT / config_path)), sizes),
                            title=f"model-info {config_path}")

@@ -10,18 +10,18 @@ import sys
 import numpy as np
 import pytest
 
-from vlgen_jax.data import shapes
+from vlgen_jax.shapes import scenes
 
 N_SCENES = 3000
 
 
 @pytest.fixture(scope="module")
 def train_scenes():
-  return [shapes.sample_scene("train", i) for i in range(N_SCENES)]
+  return [scenes.sample_scene("train", i) for i in range(N_SCENES)]
 
 
 def _cell_center(index: int) -> float:
-  return (2 * index + 1) * shapes.BASE_RESOLUTION / 6
+  return (2 * index + 1) * scenes.BASE_RESOLUTION / 6
 
 
 # ---- geometry ------------------------------------------------------------------
@@ -52,37 +52,37 @@ def test_two_objects_use_different_cells_and_never_touch(train_scenes):
   for scene in pairs:
     a, b = scene.objects
     assert a.cell != b.cell
-    for resolution in shapes.RESOLUTIONS:
+    for resolution in scenes.RESOLUTIONS:
       (ax, ay, asz), (bx, by, bsz) = scene.boxes(resolution)
       gap = max(bx - ax - asz, ax - bx - bsz, by - ay - asz, ay - by - bsz)
-      assert gap >= shapes.MIN_GAP_PX * resolution // 64, (scene, resolution)
+      assert gap >= scenes.MIN_GAP_PX * resolution // 64, (scene, resolution)
 
 
-@pytest.mark.parametrize("resolution", shapes.RESOLUTIONS)
+@pytest.mark.parametrize("resolution", scenes.RESOLUTIONS)
 def test_render_draws_each_object_in_its_box(train_scenes, resolution):
-  palette = {tuple(c) for c in shapes.COLORS.values()} | {shapes.BACKGROUND}
+  palette = {tuple(c) for c in scenes.COLORS.values()} | {scenes.BACKGROUND}
   for scene in train_scenes[:200]:
-    image = shapes.render(scene, resolution)
+    image = scenes.render(scene, resolution)
     assert image.shape == (resolution, resolution, 3) and image.dtype == np.uint8
     assert {tuple(p) for p in np.unique(image.reshape(-1, 3), axis=0).tolist()} <= palette
     painted = np.zeros(image.shape[:2], bool)
     for obj, (x, y, side) in zip(scene.objects, scene.boxes(resolution)):
-      assert side == shapes.SIZE_PX[obj.size] * resolution // 64
-      mask = np.all(image == shapes.COLORS[obj.color], axis=-1)
+      assert side == scenes.SIZE_PX[obj.size] * resolution // 64
+      mask = np.all(image == scenes.COLORS[obj.color], axis=-1)
       if sum(o.color == obj.color for o in scene.objects) == 1:
         ys, xs = np.nonzero(mask)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + side, y + side)
       window = mask[y:y + side, x:x + side]
-      np.testing.assert_array_equal(window, shapes.shape_mask(obj.shape, side, side))
+      np.testing.assert_array_equal(window, scenes.shape_mask(obj.shape, side, side))
       painted[y:y + side, x:x + side] |= window
     assert not np.any(image[~painted])  # background stays black
 
 
 @pytest.mark.parametrize("side", [6, 11, 12, 22, 24, 44])
 def test_shape_masks(side):
-  square = shapes.shape_mask("square", side, side)
-  circle = shapes.shape_mask("circle", side, side)
-  triangle = shapes.shape_mask("triangle", side, side)
+  square = scenes.shape_mask("square", side, side)
+  circle = scenes.shape_mask("circle", side, side)
+  triangle = scenes.shape_mask("triangle", side, side)
   assert square.all()
   for mask in (circle, triangle):  # each fills its whole bounding box
     assert mask.any(0).all() and mask.any(1).all()
@@ -100,9 +100,9 @@ def test_shape_masks(side):
 
 
 def test_resolutions_are_checked():
-  scene = shapes.sample_scene("train", 0)
+  scene = scenes.sample_scene("train", 0)
   with pytest.raises(ValueError, match="resolution"):
-    shapes.render(scene, 48)
+    scenes.render(scene, 48)
 
 
 # ---- captions ------------------------------------------------------------------
@@ -118,20 +118,20 @@ def test_captions_grammar_and_roundtrip(train_scenes):
     caption = scene.caption
     assert _CAPTION.fullmatch(caption), caption
     assert [o.cell for o in scene.objects] == sorted(o.cell for o in scene.objects)
-    assert shapes.parse_caption(caption) == list(scene.objects)
-    assert shapes.build_caption(reversed(scene.objects)) == caption  # reading order
+    assert scenes.parse_caption(caption) == list(scene.objects)
+    assert scenes.build_caption(reversed(scene.objects)) == caption  # reading order
 
 
 def test_caption_examples_from_the_spec():
-  objects = [shapes.ShapeObject("triangle", "white", "large", 2, 2),
-             shapes.ShapeObject("square", "blue", "small", 1, 1)]
+  objects = [scenes.ShapeObject("triangle", "white", "large", 2, 2),
+             scenes.ShapeObject("square", "blue", "small", 1, 1)]
   caption = "a small blue square in the center and a large white triangle at the bottom right"
-  assert shapes.build_caption(objects) == caption
-  assert shapes.parse_caption(caption) == objects[::-1]
-  assert shapes.parse_caption("a large red circle at the top left") == [
-      shapes.ShapeObject("circle", "red", "large", 0, 0)]
-  assert shapes.parse_caption("  A Large red circle   at the top.") == [
-      shapes.ShapeObject("circle", "red", "large", 0, 1)]
+  assert scenes.build_caption(objects) == caption
+  assert scenes.parse_caption(caption) == objects[::-1]
+  assert scenes.parse_caption("a large red circle at the top left") == [
+      scenes.ShapeObject("circle", "red", "large", 0, 0)]
+  assert scenes.parse_caption("  A Large red circle   at the top.") == [
+      scenes.ShapeObject("circle", "red", "large", 0, 1)]
 
 
 @pytest.mark.parametrize("text", [
@@ -142,14 +142,14 @@ def test_caption_examples_from_the_spec():
 ])
 def test_parse_caption_rejects_bad_text(text):
   with pytest.raises(ValueError):
-    shapes.parse_caption(text)
+    scenes.parse_caption(text)
 
 
 def test_shape_object_validates():
   with pytest.raises(ValueError, match="color"):
-    shapes.ShapeObject("circle", "orange", "small", 0, 0)
+    scenes.ShapeObject("circle", "orange", "small", 0, 0)
   with pytest.raises(ValueError, match="row"):
-    shapes.ShapeObject("circle", "red", "small", 3, 0)
+    scenes.ShapeObject("circle", "red", "small", 3, 0)
 
 
 # ---- splits ----------------------------------------------------------------------
@@ -159,38 +159,38 @@ def _pairs(scene):
 
 
 def test_heldout_pairs_only_in_heldout(train_scenes):
-  heldout_pairs = set(shapes.HELDOUT_PAIRS)
+  heldout_pairs = set(scenes.HELDOUT_PAIRS)
   seen = collections.Counter()
-  for scene in train_scenes + [shapes.sample_scene("validation", i) for i in range(2000)]:
+  for scene in train_scenes + [scenes.sample_scene("validation", i) for i in range(2000)]:
     assert not _pairs(scene) & heldout_pairs, scene.caption
     seen.update(_pairs(scene))
-  assert set(seen) == set(shapes.SEEN_PAIRS)  # all 15 others occur
+  assert set(seen) == set(scenes.SEEN_PAIRS)  # all 15 others occur
   held = collections.Counter()
   for i in range(2000):
-    scene = shapes.sample_scene("heldout", i)
+    scene = scenes.sample_scene("heldout", i)
     assert _pairs(scene) & heldout_pairs, scene.caption
     held.update(_pairs(scene))
   assert all(held[p] > 400 for p in heldout_pairs)
-  assert set(held) == set(shapes.ALL_PAIRS)  # the other object may be any pair
+  assert set(held) == set(scenes.ALL_PAIRS)  # the other object may be any pair
 
 
 @pytest.mark.parametrize("split,n", [("train", N_SCENES), ("heldout", 2000)])
 def test_about_half_the_examples_have_one_object(split, n, train_scenes):
-  scenes = train_scenes if split == "train" else [shapes.sample_scene(split, i) for i in range(n)]
+  scenes = train_scenes if split == "train" else [scenes.sample_scene(split, i) for i in range(n)]
   counts = collections.Counter(len(s.objects) for s in scenes)
   assert set(counts) == {1, 2}
   assert abs(counts[1] / n - 0.5) < 0.03  # 3 sigma ~ 0.027 at n=3000
 
 
 def test_sampling_is_deterministic_and_per_example():
-  forward = [shapes.sample_scene("train", i) for i in range(50)]
-  assert shapes.sample_scene("train", 37) == forward[37]  # independent of what ran before
-  assert [shapes.sample_scene("train", i) for i in range(50)] == forward
-  validation = [shapes.sample_scene("validation", i) for i in range(50)]
+  forward = [scenes.sample_scene("train", i) for i in range(50)]
+  assert scenes.sample_scene("train", 37) == forward[37]  # independent of what ran before
+  assert [scenes.sample_scene("train", i) for i in range(50)] == forward
+  validation = [scenes.sample_scene("validation", i) for i in range(50)]
   assert sum(a == b for a, b in zip(forward, validation)) <= 2  # splits use other seeds
-  assert shapes.render(forward[3], 64).tobytes() == shapes.render(forward[3], 64).tobytes()
+  assert scenes.render(forward[3], 64).tobytes() == scenes.render(forward[3], 64).tobytes()
   with pytest.raises(ValueError, match="split"):
-    shapes.sample_scene("test", 0)
+    scenes.sample_scene("test", 0)
 
 
 # ---- TFDS ----------------------------------------------------------------------
@@ -205,29 +205,29 @@ def _array_records(builder) -> dict[str, bytes]:
 
 def test_tfds_build_has_three_array_record_splits(shapes_data_dir):
   import tensorflow_datasets as tfds
-  from vlgen_jax.data import shapes_tfds
-  builder = shapes_tfds.prepare_shapes(shapes_data_dir, **TINY)
+  from vlgen_jax.shapes import tfds_builder
+  builder = tfds_builder.prepare_shapes(shapes_data_dir, **TINY)
   name = builder.builder_config.name
   assert name == "res64_train512_val64_heldout64"
-  assert builder.data_dir == os.path.join(shapes_data_dir, "shapes", name, shapes.VERSION)
+  assert builder.data_dir == os.path.join(shapes_data_dir, "shapes", name, scenes.VERSION)
   assert set(_array_records(builder)) == {f"shapes-{s}.array_record-00000-of-00001"
-                                          for s in shapes.SPLITS}
+                                          for s in scenes.SPLITS}
   sources = tfds.data_source(f"shapes/{name}", data_dir=shapes_data_dir, download=False)
-  assert {s: len(sources[s]) for s in shapes.SPLITS} == {
+  assert {s: len(sources[s]) for s in scenes.SPLITS} == {
       "train": 512, "validation": 64, "heldout": 64}
-  for split in shapes.SPLITS:
+  for split in scenes.SPLITS:
     source = sources[split]
     for index in (0, 1, len(source) - 1):
       record = source[index]
-      scene = shapes.sample_scene(split, index)  # record i is example i
-      np.testing.assert_array_equal(record["image"], shapes.render(scene, 64))
+      scene = scenes.sample_scene(split, index)  # record i is example i
+      np.testing.assert_array_equal(record["image"], scenes.render(scene, 64))
       assert record["caption"].decode() == scene.caption
-      assert shapes.objects_from_features(record["objects"]) == list(scene.objects)
+      assert scenes.objects_from_features(record["objects"]) == list(scene.objects)
 
 
 def _build_in_subprocess(data_dir, sizes: dict) -> str:
   """Builds in a fresh process; returns its last stdout line."""
-  code = ("import sys; from vlgen_jax.data import shapes_tfds as s; "
+  code = ("import sys; from vlgen_jax.shapes import tfds_builder as s; "
           f"b = s.prepare_shapes({str(data_dir)!r}, progress=False, **{sizes!r}); "
           "b.as_data_source('train')[0]; print('tensorflow' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -235,55 +235,55 @@ def _build_in_subprocess(data_dir, sizes: dict) -> str:
 
 
 def test_two_builds_are_byte_identical(tmp_path, shapes_data_dir):
-  from vlgen_jax.data import shapes_tfds
+  from vlgen_jax.shapes import tfds_builder
   small = dict(resolution=64, train_size=40, validation_size=8, heldout_size=8)
   # Another process: protobuf map order, hash seeds etc. must not leak into the files.
   _build_in_subprocess(tmp_path / "a", small)
-  first = shapes_tfds.shapes_builder(tmp_path / "a", **small)
-  second = shapes_tfds.prepare_shapes(tmp_path / "b", progress=False, **small)
+  first = tfds_builder.shapes_builder(tmp_path / "a", **small)
+  second = tfds_builder.prepare_shapes(tmp_path / "b", progress=False, **small)
   assert first.is_prepared()
   assert _array_records(first) == _array_records(second)
   # A smaller train split holds the first examples of a larger one.
-  large = shapes_tfds.prepare_shapes(shapes_data_dir, **TINY).as_data_source("train")
+  large = tfds_builder.prepare_shapes(shapes_data_dir, **TINY).as_data_source("train")
   for i, record in enumerate(first.as_data_source("train")):
     assert record["caption"] == large[i]["caption"]
     np.testing.assert_array_equal(record["image"], large[i]["image"])
 
 
 def test_prepare_reuses_a_finished_build(tmp_path):
-  from vlgen_jax.data import shapes_tfds
+  from vlgen_jax.shapes import tfds_builder
   small = dict(resolution=32, train_size=4, validation_size=2, heldout_size=2)
-  builder = shapes_tfds.prepare_shapes(tmp_path, progress=False, **small)
+  builder = tfds_builder.prepare_shapes(tmp_path, progress=False, **small)
   stamps = {f: os.stat(os.path.join(builder.data_dir, f)).st_mtime_ns
             for f in os.listdir(builder.data_dir)}
-  again = shapes_tfds.prepare_shapes(tmp_path, progress=False, **small)
+  again = tfds_builder.prepare_shapes(tmp_path, progress=False, **small)
   assert {f: os.stat(os.path.join(again.data_dir, f)).st_mtime_ns
           for f in os.listdir(again.data_dir)} == stamps
-  other = shapes_tfds.prepare_shapes(tmp_path, progress=False, **dict(small, train_size=5))
+  other = tfds_builder.prepare_shapes(tmp_path, progress=False, **dict(small, train_size=5))
   assert other.data_dir != builder.data_dir  # sizes live in different directories
   assert other.as_data_source("train")[0]["image"].shape == (32, 32, 3)
 
 
 def test_config_name_encodes_its_fields(tmp_path):
-  from vlgen_jax.data import shapes_tfds
-  default = shapes_tfds.Shapes(data_dir=str(tmp_path)).builder_config
+  from vlgen_jax.shapes import tfds_builder
+  default = tfds_builder.Shapes(data_dir=str(tmp_path)).builder_config
   assert default.name == "res64_train50000_val2000_heldout2000"
-  config = shapes_tfds.ShapesConfig(resolution=32, train_size=1000)
+  config = tfds_builder.ShapesConfig(resolution=32, train_size=1000)
   assert config.name == "res32_train1000_val2000_heldout2000"
-  assert shapes_tfds.Shapes.builder_configs[
+  assert tfds_builder.Shapes.builder_configs[
       "res128_train50000_val2000_heldout2000"].resolution == 128
   with pytest.raises(ValueError, match="does not match"):
-    shapes_tfds.ShapesConfig(name="tiny", resolution=32)
+    tfds_builder.ShapesConfig(name="tiny", resolution=32)
   with pytest.raises(ValueError, match="heldout size"):
-    shapes_tfds.ShapesConfig(heldout_size=-1)
+    tfds_builder.ShapesConfig(heldout_size=-1)
 
 
 def test_bad_config_is_a_value_error(tmp_path):
-  from vlgen_jax.data import shapes_tfds
+  from vlgen_jax.shapes import tfds_builder
   with pytest.raises(ValueError, match="resolution"):
-    shapes_tfds.prepare_shapes(tmp_path, resolution=48)
+    tfds_builder.prepare_shapes(tmp_path, resolution=48)
   with pytest.raises(ValueError, match="train size"):
-    shapes_tfds.prepare_shapes(tmp_path, train_size=0)
+    tfds_builder.prepare_shapes(tmp_path, train_size=0)
 
 
 def test_building_does_not_import_tensorflow(tmp_path):
@@ -303,12 +303,12 @@ def test_cli_builds_and_summarises(tmp_path, capsys):
   out = capsys.readouterr().out
   name = "res32_train40_val6_heldout6"
   assert f"shapes {name} built in" in out
-  assert os.path.join(str(tmp_path), "shapes", name, shapes.VERSION) in out
+  assert os.path.join(str(tmp_path), "shapes", name, scenes.VERSION) in out
   assert "splits: train 40, validation 6, heldout 6" in out
-  assert shapes.sample_scene("train", 0).caption in out
+  assert scenes.sample_scene("train", 0).caption in out
   hist = re.search(r"objects per example \(train\): 1 object: (\d+) .*2 objects: (\d+)", out)
   assert hist and int(hist[1]) + int(hist[2]) == 40
-  assert int(hist[1]) == sum(len(shapes.sample_scene("train", i).objects) == 1 for i in range(40))
+  assert int(hist[1]) == sum(len(scenes.sample_scene("train", i).objects) == 1 for i in range(40))
   assert re.search(r"\(train\):.*with a held-out pair: 0/40\n", out)
   assert re.search(r"\(validation\):.*with a held-out pair: 0/6\n", out)
   assert re.search(r"\(heldout\):.*with a held-out pair: 6/6\n", out)

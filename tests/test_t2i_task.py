@@ -12,10 +12,10 @@ import pytest
 
 from vlgen_jax.config import load_config
 from vlgen_jax.errors import UserError
-from vlgen_jax.model.loss import token_cross_entropy
+from vlgen_jax.tasks.losses import token_cross_entropy
 from vlgen_jax.model.spec import ModelSpec
-from vlgen_jax.model.synthetic import SyntheticCaptions
-from vlgen_jax.model.task import TextToImageTask, drop_captions
+from vlgen_jax.data.synthetic import SyntheticCaptions
+from vlgen_jax.tasks.t2i import TextToImageTask, drop_captions
 
 TINY = "configs/t2i_tiny.py"
 
@@ -210,7 +210,7 @@ def test_text_length_is_one_setting(token_dataset):
 def test_forward_flops_match_xla_cost_analysis(mlp):
   """Analytic matmul + attention FLOPs vs XLA's count for one layer each (XLA
   counts a scan body once, so one layer keeps the comparison exact)."""
-  from vlgen_jax.model.accounting import forward_flops
+  from vlgen_jax.train.accounting import forward_flops
   from vlgen_jax.model.t2i import Model
   config = _tiny("--config.model.encoder_layers=1", "--config.model.decoder_layers=1",
                  f"--config.model.mlp={mlp}", "--config.model.d_model=128",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vlgen_jax import cli
-from vlgen_jax.data import shapes
+from vlgen_jax.shapes import scenes
 from vlgen_jax.errors import UserError
 from vlgen_jax.text import tokenizer as tok_lib
 from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokenizer
@@ -16,14 +16,14 @@ from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TextTokeniz
 
 def all_shapes_captions() -> list[str]:
   """Every distinct caption the shapes grammar can produce (docs/shapes.md)."""
-  attrs = list(itertools.product(shapes.SHAPES, shapes.COLOR_NAMES, shapes.SIZES))
-  cells = [(r, c) for r in range(shapes.GRID) for c in range(shapes.GRID)]
-  out = [shapes.build_caption([shapes.ShapeObject(s, c, z, *cell)])
+  attrs = list(itertools.product(scenes.SHAPES, scenes.COLOR_NAMES, scenes.SIZES))
+  cells = [(r, c) for r in range(scenes.GRID) for c in range(scenes.GRID)]
+  out = [scenes.build_caption([scenes.ShapeObject(s, c, z, *cell)])
          for (s, c, z) in attrs for cell in cells]
   for cell_a, cell_b in itertools.combinations(cells, 2):
     for (s1, c1, z1), (s2, c2, z2) in itertools.product(attrs, attrs):
-      out.append(shapes.build_caption([shapes.ShapeObject(s1, c1, z1, *cell_a),
-                                       shapes.ShapeObject(s2, c2, z2, *cell_b)]))
+      out.append(scenes.build_caption([scenes.ShapeObject(s1, c1, z1, *cell_a),
+                                       scenes.ShapeObject(s2, c2, z2, *cell_b)]))
   return out
 
 
@@ -36,7 +36,7 @@ def captions() -> list[str]:
 def train_sample() -> list[str]:
   # Captions as the builder samples them (train split), not the full grammar:
   # the round trip below must generalise to combinations never seen.
-  return [shapes.sample_scene("train", i).caption for i in range(1500)]
+  return [scenes.sample_scene("train", i).caption for i in range(1500)]
 
 
 @pytest.fixture(scope="module")

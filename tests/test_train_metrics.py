@@ -15,7 +15,7 @@ from trainer_helpers import (TOY, compile_cache_dir, in_process_compile_cache,  
 from vlgen_jax import cli
 from vlgen_jax.train import checkpoint as ckpt_lib
 from vlgen_jax.train import metrics as metrics_lib
-from vlgen_jax.train.toy import ToyTask, synthetic_sequences
+from vlgen_jax.tasks.toy import ToyTask, synthetic_sequences
 from vlgen_jax.train.trainer import train
 
 

@@ -12,7 +12,7 @@ from vlgen_jax import cli
 from vlgen_jax.config import load_config
 from vlgen_jax.errors import UserError
 from vlgen_jax.eval import training_eval
-from vlgen_jax.eval.cli import sample_grid, score_samples
+from vlgen_jax.eval import report
 from vlgen_jax.sample.sampler import SamplingOptions
 from trainer_helpers import demo_t2i_args
 
@@ -29,7 +29,7 @@ def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_
   evals = {x["step"]: x for x in lines if "sample/fidelity" in x}
   assert sorted(evals) == [2, 4]
   for x in evals.values():
-    assert x["sample/unscored"] == 0
+    assert x["sample/shapes_unscored"] == 0
     assert 0.0 <= x["sample/fidelity"] <= 1.0 and 0.0 <= x["sample/color"] <= 1.0
   events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").iterdir())
   assert b"sample/grid" in events and b"sample/fidelity" in events
@@ -42,10 +42,10 @@ def test_sample_eval_logs_the_grid_and_fidelity_of_the_current_params(demo_tiny_
   assert len(evaluator.captions) == 6 and all(evaluator.captions)
   images, _ = gen.generate(evaluator.captions, SamplingOptions.from_config(config),
                            seed=0, batch_size=4)
-  scores, summary = score_samples(images, evaluator.captions)
-  assert summary["fidelity"] == pytest.approx(evals[4]["sample/fidelity"])
+  _, _, summaries, grid = report.score_images(["shapes"], images, evaluator.captions)
+  assert summaries["shapes"]["fidelity"] == pytest.approx(evals[4]["sample/fidelity"])
   saved = np.asarray(Image.open(workdir / "samples" / "step_4.png").convert("RGB"))
-  np.testing.assert_array_equal(saved, sample_grid(images, evaluator.captions, scores))
+  np.testing.assert_array_equal(saved, grid)
 
 
 def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
@@ -70,12 +70,16 @@ def test_sample_eval_schedule_and_bad_setups(demo_tiny_dir, tmp_path):
 
 def test_unscored_captions_are_counted_and_framed_gray():
   images = np.zeros((2, 32, 32, 3), np.uint8)
-  scores, summary = score_samples(images, ["a photo of a cat", "a large red circle in the center"])
-  assert scores[0] is None and summary["n"] == 1
-  assert summary["fidelity"] == 0.0 and summary["count"] == 0.0  # blank image
-  assert score_samples(images[:1], ["a photo of a cat"]) == ([None], None)
-  grid = sample_grid(images, ["a photo of a cat", "x"], scores)
+  _, per_image, summaries, grid = report.score_images(
+      ["shapes"], images, ["a photo of a cat", "a large red circle in the center"])
+  assert per_image["shapes"][0] is None and summaries["shapes"]["n"] == 1
+  assert summaries["shapes"]["unscored"] == 1
+  s = summaries["shapes"]
+  assert s["fidelity"] == 0.0 and s["count"] == 0.0  # blank image
+  _, per_image, summaries, _ = report.score_images(["shapes"], images[:1], ["a photo of a cat"])
+  assert per_image == {"shapes": [None]} and summaries == {}
   assert tuple(grid[0, 0]) == (128, 128, 128)  # the first cell's frame: not scored
+  assert tuple(grid[0, 2 + 128 + 32 + 2]) == (220, 40, 40)  # the second: not satisfied
 
 
 def test_sampling_options_come_from_the_config_unless_a_flag_is_given():

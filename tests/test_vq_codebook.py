@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlgen_jax.data import shapes
+from vlgen_jax.shapes import scenes
 from vlgen_jax.vq import codebook as cb
 from vlgen_jax.vq.defaults import vq_config
-from vlgen_jax.vq.task import VQTask
+from vlgen_jax.tasks.vq import VQTask
 
 
 def test_update_tracks_use_and_samples_high_error_latents():
@@ -61,7 +61,7 @@ def _tiny_task(restart: bool) -> VQTask:
 
 
 def _train_from_collapsed_codebook(task: VQTask, steps: int) -> list[float]:
-  images = np.stack([shapes.render(shapes.sample_scene("train", i), 32) for i in range(8 * steps)])
+  images = np.stack([scenes.render(scenes.sample_scene("train", i), 32) for i in range(8 * steps)])
   images = images.astype(np.float32) / 127.5 - 1.0
   params, state = task.init(jax.random.PRNGKey(0), {"image": jnp.asarray(images[:8])})
   params, state = nn.meta.unbox(params), nn.meta.unbox(state)

@@ -11,15 +11,16 @@ import pytest
 
 from vlgen_jax import cli
 from vlgen_jax.config import load_config
-from vlgen_jax.data import pipeline, shapes
+from vlgen_jax.data import pipeline
+from vlgen_jax.shapes import scenes
 from vlgen_jax.data.token_records import TokenRecordSource, read_code_appearance
 from vlgen_jax.errors import UserError
 from vlgen_jax.text.tokenizer import TextTokenizer
 from vlgen_jax.train import checkpoint
 from vlgen_jax.vq import encode as encode_lib
-from vlgen_jax.vq import evaluation
+from vlgen_jax.tasks import vq_eval as evaluation
 from vlgen_jax.vq.api import VQTokenizer
-from vlgen_jax.vq.task import VQTask
+from vlgen_jax.tasks.vq import VQTask
 from trainer_helpers import REPO_ROOT, compile_cache_dir, subprocess_env  # noqa: F401
 
 DATA_NAME = "shapes/res64_train512_val64_heldout64"
@@ -53,7 +54,7 @@ def vq_workdir(shapes_data_dir, tmp_path_factory):
 
 
 def _images(split, n):
-  return np.stack([shapes.render(shapes.sample_scene(split, i)) for i in range(n)])
+  return np.stack([scenes.render(scenes.sample_scene(split, i)) for i in range(n)])
 
 
 def test_trainer_logs_codebook_health_and_eval(vq_workdir):
@@ -124,7 +125,7 @@ def test_encode_cli_round_trips_through_stage2_pipeline(vq_workdir, shapes_data_
 
   tok = VQTokenizer.from_workdir(str(vq_workdir))
   expect_tokens = tok.encode(_images("validation", 64)).reshape(64, -1)
-  expect_captions = [shapes.sample_scene("validation", i).caption for i in range(64)]
+  expect_captions = [scenes.sample_scene("validation", i).caption for i in range(64)]
   by_caption = {}
   for tokens, caption in zip(expect_tokens, expect_captions):
     by_caption.setdefault(caption, []).append(tokens)
@@ -148,7 +149,7 @@ def test_encode_cli_round_trips_through_stage2_pipeline(vq_workdir, shapes_data_
     np.testing.assert_allclose(mean[k], expect, atol=1e-5)
 
   # The stage-2 input pipeline reads it: image tokens with their captions' ids.
-  text = TextTokenizer.train([shapes.sample_scene("train", i).caption for i in range(600)], 128)
+  text = TextTokenizer.train([scenes.sample_scene("train", i).caption for i in range(600)], 128)
   data = pipeline.default_data_config()
   data.source, data.data_dir, data.prefetch, data.max_text_len = "tokens", str(out), 0, 32
   it = pipeline.make_iterator(data, split="validation", batch_size=16, seed=0, train=False,
@@ -169,8 +170,8 @@ def test_encode_skips_and_counts_bad_records(vq_workdir, tmp_path, capsys):
   lines = []
   for i in range(5):
     name = f"{i}.png"
-    Image.fromarray(shapes.render(shapes.sample_scene("train", i))).save(folder / name)
-    lines.append(f"{name}\t{shapes.sample_scene('train', i).caption}")
+    Image.fromarray(scenes.render(scenes.sample_scene("train", i))).save(folder / name)
+    lines.append(f"{name}\t{scenes.sample_scene('train', i).caption}")
   (folder / "3.png").write_bytes(b"not an image")
   lines.append("missing.png\ta caption")
   (folder / "captions.tsv").write_text("\n".join(lines) + "\n")

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlgen_jax.data import shapes
+from vlgen_jax.shapes import scenes
 from vlgen_jax.errors import UserError
 from vlgen_jax.vq import losses
 from vlgen_jax.vq.defaults import vq_config
 from vlgen_jax.vq.model import VQModel
-from vlgen_jax.vq.task import VQTask
+from vlgen_jax.tasks.vq import VQTask
 
 
 def _config(**gan):
@@ -25,7 +25,7 @@ def _config(**gan):
 
 
 def _batch():
-  images = np.stack([shapes.render(shapes.sample_scene("train", i), 32)[::2, ::2]
+  images = np.stack([scenes.render(scenes.sample_scene("train", i), 32)[::2, ::2]
                      for i in range(4)])
   return {"image": jnp.asarray(images.astype(np.float32) / 127.5 - 1)}
 

@@ -2,7 +2,9 @@
 
 Each subcommand lives next to the code it drives, in a module exposing
 `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. Those
-modules import jax/TF lazily inside `run`, so `vlgen --help` stays instant.
+modules import jax/TF lazily inside `run`, so `vlgen --help` stays instant,
+and only the command being run adds its arguments (so `vlgen demo` on a
+user's data never imports a dataset plug-in it does not use).
 `--config.key=value` items are collected into `args.config_overrides`.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ COMMANDS = {
     "data": "vlgen_jax.data.cli",
     "text-tokenizer": "vlgen_jax.text.cli",
     "train": "vlgen_jax.train.cli",
-    "model-info": "vlgen_jax.model.info",
+    "model-info": "vlgen_jax.train.model_info",
     "encode": "vlgen_jax.vq.encode",
     "sample": "vlgen_jax.sample.cli",
     "eval": "vlgen_jax.eval.cli",
@@ -33,13 +35,15 @@ def _available_commands():
       yield name, importlib.import_module(module_name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+  """The parser; with `command`, only that subcommand gets its arguments."""
   parser = argparse.ArgumentParser(
       prog="vlgen", description="vlgen_jax: text-to-image generation with JAX/Flax.")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   for name, module in _available_commands():
     p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-    module.add_arguments(p)
+    if command in (None, name):
+      module.add_arguments(p)
     p.set_defaults(_module=module)
   return parser
 
@@ -47,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, overrides = split_config_overrides(argv)
-  parser = build_parser()
+  command = next((a for a in rest if not a.startswith("-")), None)
+  parser = build_parser(command if command in COMMANDS else None)
   args = parser.parse_args(rest)
   args.config_overrides = overrides
   if overrides and not hasattr(args, "config"):

@@ -165,9 +165,11 @@ def run(args) -> int:
     print(f"  {k:<10} {v:8.1f} s")
   if "eval" in summary:
     e = summary["eval"]
-    print(f"  fidelity on {e['n']} {c.eval.split} captions: {e['fidelity']:.3f} "
-          f"(count {e['count']:.3f}, color {e['color']:.3f}, shape {e['shape']:.3f}, "
-          f"size {e['size']:.3f}, position {e['position']:.3f})")
+    for name, v in e.items():
+      if isinstance(v, dict) and "fidelity" in v:
+        print(f"  {name} fidelity on {v['n']} {c.eval.split} captions: {v['fidelity']:.3f} "
+              f"(count {v['count']:.3f}, color {v['color']:.3f}, shape {v['shape']:.3f}, "
+              f"size {v['size']:.3f}, position {v['position']:.3f})")
     print(f"  grid: {os.path.join(w['eval'], 'grid.png')}")
   print(f"  samples: {os.path.join(w['samples'], 'grid.png')}")
   return 0

@@ -8,13 +8,32 @@ import numpy as np
 
 BORDER = 2
 BORDER_VALUE = 96
+CELL_PX = 128  # longer side of a grid cell's image, whatever the resolution
+
+
+def fit_to_cell(image: np.ndarray, cell_px: int) -> np.ndarray:
+  """`image` resized so its longer side is `cell_px`: integer pixel
+  repetition when enlarging (sharp pixels), area averaging when shrinking."""
+  h, w = image.shape[:2]
+  if max(h, w) == cell_px:
+    return image
+  if cell_px % max(h, w) == 0:
+    k = cell_px // max(h, w)
+    return image.repeat(k, 0).repeat(k, 1)
+  from PIL import Image
+  size = (max(1, round(w * cell_px / max(h, w))), max(1, round(h * cell_px / max(h, w))))
+  resample = Image.Resampling.BOX if max(h, w) > cell_px else Image.Resampling.NEAREST
+  return np.asarray(Image.fromarray(image).resize(size, resample))
 
 
 def make_grid(images: Sequence[np.ndarray], *, cols: int = 8, scale: int = 1,
+              cell_px: int | None = None,
               captions: Sequence[str] | None = None, caption_width: int = 0,
               frame_colors: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
   """uint8 (n, H, W, 3) -> one uint8 grid image, `cols` per row, gray borders.
 
+  Images are enlarged `scale` times, or, with `cell_px`, resized to that many
+  pixels (longer side) so a grid looks the same at 32 px and at 256 px.
   With `captions`, each cell gets its caption written under the image
   (wrapped to the cell width), so a grid of samples can be checked by eye.
   `frame_colors` draws a colored frame around each image (e.g. green/red for
@@ -23,7 +42,10 @@ def make_grid(images: Sequence[np.ndarray], *, cols: int = 8, scale: int = 1,
   images = [np.asarray(im, np.uint8) for im in images]
   if not images:
     raise ValueError("make_grid needs at least one image")
-  images = [im.repeat(scale, 0).repeat(scale, 1) if scale > 1 else im for im in images]
+  if cell_px is not None:
+    images = [fit_to_cell(im, cell_px) for im in images]
+  elif scale > 1:
+    images = [im.repeat(scale, 0).repeat(scale, 1) for im in images]
   h, w, _ = images[0].shape
   cols = min(cols, len(images))
   rows = -(-len(images) // cols)

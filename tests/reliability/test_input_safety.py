@@ -208,7 +208,7 @@ def test_prompt_lines_are_captions_not_commands_or_paths(tmp_path):
 
 def test_caption_file_names_cannot_leave_their_folder(tmp_path):
   from vlgen_jax.errors import UserError
-  from vlgen_jax.eval.cli import read_image_folder
+  from vlgen_jax.eval.report import read_image_folder
   script, marker = _trap(tmp_path)
   images = tmp_path / "images"
   images.mkdir()

@@ -52,7 +52,7 @@ In a Task:
 from __future__ import annotations
 
 import atexit
-import re
+import importlib
 import sys
 import weakref
 from typing import Any
@@ -77,9 +77,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # format), "tar" (WebDataset shards *.tar: KEY.jpg|png|jpeg|webp + KEY.txt),
   # "folder" (images + captions.tsv) or "tokens" (a `vlgen encode` token dataset).
   c.source = "tfds"
-  # tfds: dataset name incl. config/version ("coco_captions", "shapes/res64_train50000_val2000_heldout2000";
-  # see shapes_dataset_name()). Unused by other sources.
-  c.name = shapes_dataset_name()
+  # tfds: dataset name incl. config/version ("coco_captions",
+  # "shapes/res64_train50000_val2000_heldout2000"). Unused by other sources.
+  c.name = ""
   # tfds: TFDS data_dir ("" = TFDS default). tar/folder: directory of the data,
   # with one subfolder per split, or the data itself for split "train".
   # tokens: the token dataset directory. (Splits are the trainer's
@@ -106,28 +106,18 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_threads = 4
   c.read_buffer = 128
   c.prefetch = 2
-  # tfds: let tfds download and prepare a missing dataset (shapes is always
-  # built on first use, nothing to download).
+  # tfds: let tfds download and prepare a missing dataset (datasets in
+  # LOCAL_TFDS_BUILDERS are built on first use, nothing to download).
   c.download = False
   return c
 
 
-def shapes_dataset_name(resolution: int = 64, train_size: int | None = None,
-                        validation_size: int | None = None, heldout_size: int | None = None) -> str:
-  """The `data.name` of a shapes config (built on first use by the pipeline);
-  sizes default to the spec's (docs/shapes.md)."""
-  from vlgen_jax.data import shapes  # pylint: disable=g-import-not-at-top  (numpy only)
-  sizes = shapes.DEFAULT_SPLIT_SIZES
-  train_size = sizes["train"] if train_size is None else train_size
-  validation_size = sizes["validation"] if validation_size is None else validation_size
-  heldout_size = sizes["heldout"] if heldout_size is None else heldout_size
-  # Same as shapes_tfds.config_name, without importing tfds into config files.
-  return (f"shapes/res{resolution}_train{train_size}_val{validation_size}"
-          f"_heldout{heldout_size}")
-
-
-_SHAPES_NAME_RE = re.compile(
-    r"^shapes(/res(?P<res>\d+)_train(?P<train>\d+)_val(?P<val>\d+)_heldout(?P<heldout>\d+))?(:[\d.]+)?$")
+# TFDS datasets that are built locally on first use (nothing to download),
+# by the part of `data.name` before "/": a plug-in's function
+# (name, data_dir) -> prepared tfds builder. Imported only when named.
+LOCAL_TFDS_BUILDERS = {
+    "shapes": "vlgen_jax.shapes.tfds_builder:prepare_from_name",
+}
 
 
 # ---- sources --------------------------------------------------------------
@@ -157,21 +147,17 @@ def make_source(data_config: ml_collections.ConfigDict, split: str):
 def _tfds_source(data_config, split):
   from vlgen_jax.data import sources  # pylint: disable=g-import-not-at-top
   name = data_config.name
+  if not name:
+    raise UserError("data.source=tfds needs data.name (a TFDS dataset name)")
   builder = None
-  m = _SHAPES_NAME_RE.match(name)
-  if m:
-    # shapes needs no download: build it on first use.
-    from vlgen_jax.data import shapes_tfds  # pylint: disable=g-import-not-at-top
+  local = LOCAL_TFDS_BUILDERS.get(name.split("/")[0].split(":")[0])
+  if local:
     if not data_config.data_dir:
-      raise UserError("data.source=tfds with shapes needs data.data_dir (where to build it)")
-    kwargs = {}
-    if m.group("res"):
-      kwargs = dict(resolution=int(m.group("res")), train_size=int(m.group("train")),
-                    validation_size=int(m.group("val")), heldout_size=int(m.group("heldout")))
-    try:
-      builder = shapes_tfds.prepare_shapes(data_config.data_dir, **kwargs)
-    except ValueError as e:
-      raise UserError(f"data.name={name}: {e}") from None
+      raise UserError(f"data.name={name} is built on first use and needs data.data_dir "
+                      "(where to build it)")
+    module_name, _, fn_name = local.partition(":")
+    prepare = getattr(importlib.import_module(module_name), fn_name)
+    builder = prepare(name, data_config.data_dir)
   return sources.TfdsSource(name, split, data_config.data_dir or None,
                             image_key=data_config.image_key or None,
                             caption_key=data_config.caption_key or None,

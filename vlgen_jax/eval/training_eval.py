@@ -7,9 +7,10 @@ of captions, the first `config.sample_eval.num` of the token dataset's
 fixed seed, so successive grids differ only by training. The VQ decoder is
 the one named in the token dataset's metadata (or `sample_eval.vq_workdir`).
 
-Logged: `sample/fidelity` and the per-attribute accuracies (shapes
-captions; other captions are counted in `sample/unscored`), and a grid of
-the samples with their captions (green / red frames: caption satisfied or
+Logged: each of the run's evaluators' summary (`config.evaluators`, e.g.
+`sample/fidelity` and per-attribute accuracies of "shapes"; captions an
+evaluator cannot judge are counted in `sample/<name>_unscored`), and a grid
+of the samples with their captions (green / red frames: caption satisfied or
 not) as the TensorBoard image `sample/grid`, also saved as
 `WORKDIR/samples/step_<step>.png`.
 
@@ -89,13 +90,15 @@ class SampleEvaluator:
     return self._score_and_log(images, step, writer)
 
   def _score_and_log(self, images: np.ndarray, step: int, writer) -> dict[str, float]:
-    from vlgen_jax.eval.cli import sample_grid, score_samples
+    from vlgen_jax.eval import report
     from vlgen_jax.images import save_png
-    scores, summary = score_samples(images, self.captions)
-    out = {"sample/unscored": float(sum(s is None for s in scores))}
-    out.update({f"sample/{k}": float(summary[k]) for k in
-                ("fidelity", "count", "color", "shape", "size", "position")} if summary else {})
-    grid = sample_grid(images, self.captions, scores)
+    _, _, summaries, grid = report.score_images(list(self.config.evaluators), images,
+                                                self.captions)
+    out = {}
+    for name, summary in summaries.items():
+      out[f"sample/{name}_unscored"] = float(summary["unscored"])
+      out.update({f"sample/{k}": float(v) for k, v in summary.items()
+                  if k not in ("n", "unscored")})
     writer.image("sample/grid", grid, step)
     if getattr(writer, "workdir", None):
       os.makedirs(os.path.join(writer.workdir, "samples"), exist_ok=True)

@@ -1,7 +1,7 @@
 """Building blocks with logical axis names: dense, embedding, norms, MLP, positions.
 
 Params are always float32 and carry logical names (`nn.with_logical_partitioning`)
-from the shared vocabulary in `vlgen_jax/train/task.py`; activations get
+from the shared vocabulary in `vlgen_jax/tasks/base.py`; activations get
 `nn.with_logical_constraint`, a no-op unless a mesh and rules are active.
 Computation runs in `dtype` (the compute dtype); norms and RoPE in float32.
 """

@@ -42,51 +42,24 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: data over all devices)")
 
 
-def sampling_options(args, config):
-  """CLI flags over the run's `config.sample` defaults; validated."""
-  from vlgen_jax.sample.sampler import SamplingOptions
-  return SamplingOptions.from_config(
-      config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-      plausibility=args.plausibility)
+def sampling_overrides(args) -> dict:
+  """The sampling flags the user gave (None = the run's `config.sample`)."""
+  return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+              cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+              plausibility=args.plausibility)
 
 
 def read_prompts(args) -> list[str]:
-  if args.prompts is not None:
-    if not os.path.isfile(args.prompts):
-      raise UserError(f"prompts file not found: {args.prompts}")
-    with open(args.prompts, encoding="utf-8", errors="replace") as f:
-      # Plain text, one caption per line; nothing in it is interpreted.
-      prompts = [line.rstrip("\r\n") for line in f]
-    while prompts and not prompts[-1].strip():
-      prompts.pop()
-    if not prompts:
-      raise UserError(f"prompts file is empty: {args.prompts}")
-    return prompts
-  return list(args.prompt)
-
-
-def write_outputs(outdir: str, images, prompts, *, captions_in_grid: bool = True) -> str:
-  """OUT/00000.png..., OUT/captions.tsv, OUT/grid.png; returns the grid path."""
-  from vlgen_jax.images import make_grid, save_png
-  os.makedirs(outdir, exist_ok=True)
-  with open(os.path.join(outdir, "captions.tsv"), "w", encoding="utf-8") as f:
-    for i, (image, prompt) in enumerate(zip(images, prompts)):
-      name = f"{i:05d}.png"
-      save_png(image, os.path.join(outdir, name))
-      f.write(f"{name}\t{prompt.replace(chr(9), ' ')}\n")
-  grid_path = os.path.join(outdir, "grid.png")
-  n = min(len(images), 64)
-  save_png(make_grid(images[:n], cols=8, scale=2,
-                     captions=list(prompts[:n]) if captions_in_grid else None,
-                     caption_width=160), grid_path)
-  return grid_path
+  from vlgen_jax.sample.outputs import read_prompts_file
+  return read_prompts_file(args.prompts) if args.prompts is not None else list(args.prompt)
 
 
 def run(args) -> int:
   import time
   from tqdm import tqdm
   from vlgen_jax.sample.generator import Generator, run_config
+  from vlgen_jax.sample.outputs import write_outputs
+  from vlgen_jax.sample.sampler import SamplingOptions
 
   if args.num_per_prompt < 1:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
@@ -95,7 +68,8 @@ def run(args) -> int:
   prompts = read_prompts(args)
   from vlgen_jax.train import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
-  options = sampling_options(args, run_config(args.workdir))  # validate before loading
+  # Validated before anything is loaded.
+  options = SamplingOptions.from_config(run_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
   expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
@@ -113,7 +87,9 @@ def run(args) -> int:
     print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
           f"truncated", file=sys.stderr)
   if main_process:
-    grid = write_outputs(args.outdir, images, expanded)
+    grid = write_outputs(args.outdir, images, expanded, info={
+        "run": os.path.abspath(gen.run), "step": gen.step,
+        "evaluators": list(gen.config.evaluators)})
     print(f"wrote {len(images)} images to {args.outdir} (grid: {grid}); "
           f"{len(images) / seconds:.2f} images/s")
   return 0

@@ -24,6 +24,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vlgen_jax.errors import UserError
@@ -61,19 +62,23 @@ class SamplingOptions:
 
   @classmethod
   def from_config(cls, config, **flags) -> "SamplingOptions":
-    """The run's `config.sample` defaults, each replaced by a non-None flag; validated."""
-    defaults = config.get("sample", None) or {}
-    fields = {"temperature": (float, 1.0), "top_k": (int, 0), "top_p": (float, 1.0),
-              "cfg_scale": (float, 1.0), "cfg_schedule": (str, "constant"),
-              "plausibility": (float, 0.0)}
-    values = {name: cast(flags[name] if flags.get(name) is not None
-                         else defaults.get(name, default))
-              for name, (cast, default) in fields.items()}
+    """The run's `config.sample`, each field replaced by a non-None flag; validated.
+    Fields a run's config predates take the defaults of this class."""
+    values = {}
+    for field in dataclasses.fields(cls):
+      flag = flags.get(field.name)
+      value = flag if flag is not None else config.sample.get(field.name, field.default)
+      values[field.name] = type(field.default)(value)
     return cls(**values).validate()
 
   @property
   def guided(self) -> bool:
     return self.cfg_scale != 1.0
+
+
+def default_sample_config() -> ml_collections.ConfigDict:
+  """`config.sample`: the one home of sampling defaults (SamplingOptions')."""
+  return ml_collections.ConfigDict(dataclasses.asdict(SamplingOptions()))
 
 
 def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):

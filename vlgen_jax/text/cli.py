@@ -64,10 +64,6 @@ def _dataset_captions(args, counter: _Counter) -> Iterator[str]:
   from vlgen_jax.data import decode, pipeline  # pylint: disable=g-import-not-at-top
   from vlgen_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   name = args.dataset
-  if name.startswith("shapes") and not args.data_dir:
-    raise UserError("--dataset shapes needs --data-dir (where shapes is built)")
-  if name == "shapes":
-    name = pipeline.shapes_dataset_name()
   cfg = pipeline.default_data_config()
   cfg.source = "tfds"
   cfg.name, cfg.data_dir, cfg.image_key, cfg.caption_key = name, args.data_dir, "", args.caption_key

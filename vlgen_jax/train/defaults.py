@@ -30,7 +30,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
 
 def trainer_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = ""  # a name in vlgen_jax.train.task.TASKS
+  c.task = ""  # a name in vlgen_jax.tasks.TASKS
 
   # Run length (all overridable: --config.total_steps=...).
   c.seed = 0

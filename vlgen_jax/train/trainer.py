@@ -22,7 +22,7 @@ from vlgen_jax.train import step as step_lib
 from vlgen_jax.train import validation
 from vlgen_jax.train.optimizer import make_optimizer
 from vlgen_jax.train.preemption import StopSignals
-from vlgen_jax.train.task import build_task
+from vlgen_jax.tasks import build_task
 
 
 class NonFiniteError(RuntimeError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import ml_collections
 
 from vlgen_jax.eval import training_eval
-from vlgen_jax.model import synthetic
+from vlgen_jax.sample import sampler
+from vlgen_jax.data import synthetic
 from vlgen_jax.train.defaults import trainer_config
 
 
@@ -49,7 +50,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 def data_config(source: str = "synthetic", **overrides) -> ml_collections.ConfigDict:
   """`config.data`: the input pipeline's fields (vlgen_jax/data/pipeline.py) plus
-  `source="synthetic"` (vlgen_jax/model/synthetic.py) and the empty caption."""
+  `source="synthetic"` (vlgen_jax/data/synthetic.py) and the empty caption."""
   from vlgen_jax.data.pipeline import default_data_config
   d = default_data_config()
   # synthetic: generated captions/tokens (tests, debugging); tokens: a
@@ -71,11 +72,12 @@ def t2i_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   c.data = data_config(source)
   # One value: overriding either field sets both.
   c.data.max_text_len = c.model.get_ref("text_length")
-  # Sampling defaults of `vlgen sample` / `vlgen eval` (flags override).
-  # Guidance 3 beat 1 on the shapes quick start (fidelity 0.065 vs 0.035,
-  # color accuracy 0.85 vs 0.70, 200 validation captions).
-  c.sample = ml_collections.ConfigDict({
-      "cfg_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "plausibility": 0.0})
+  # Sampling defaults of `vlgen sample` / `vlgen eval` (flags override):
+  # the sampler's own (plain ancestral sampling, no guidance); recipes tune them.
+  c.sample = sampler.default_sample_config()
+  # Evaluators of generated images that apply to this run's data (names in
+  # vlgen_jax/eval/evaluators.py, e.g. "shapes"); none for arbitrary data.
+  c.evaluators = ()
   # In-training sample evaluation (vlgen_jax/eval/training_eval.py): off
   # unless `num` > 0; runs at eval steps, with the `sample` options above.
   c.sample_eval = training_eval.default_config()

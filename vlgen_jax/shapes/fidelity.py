@@ -24,31 +24,31 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import optimize
 
-from vlgen_jax.data import shapes
-from vlgen_jax.eval import shapes_detector
+from vlgen_jax.shapes import scenes
+from vlgen_jax.shapes import detector
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 
 
-def expected_objects(spec: Any) -> list[shapes.ShapeObject]:
+def expected_objects(spec: Any) -> list[scenes.ShapeObject]:
   """Objects from a caption, a decoded `objects` feature, or a list of objects/dicts."""
   if isinstance(spec, (str, bytes)):
-    return shapes.parse_caption(spec.decode() if isinstance(spec, bytes) else spec)
+    return scenes.parse_caption(spec.decode() if isinstance(spec, bytes) else spec)
   if isinstance(spec, Mapping):
-    return shapes.objects_from_features(spec)
+    return scenes.objects_from_features(spec)
   objects = []
   for item in spec:
-    if isinstance(item, shapes.ShapeObject):
+    if isinstance(item, scenes.ShapeObject):
       objects.append(item)
     elif isinstance(item, Mapping):
-      objects.append(shapes.ShapeObject(**{k: item[k] for k in ("shape", "color", "size",
+      objects.append(scenes.ShapeObject(**{k: item[k] for k in ("shape", "color", "size",
                                                                    "row", "col")}))
     else:
       raise ValueError(f"cannot read an expected object from {item!r}")
   return objects
 
 
-def _agrees(expected: shapes.ShapeObject, detected: shapes_detector.Detection) -> dict[str, bool]:
+def _agrees(expected: scenes.ShapeObject, detected: detector.Detection) -> dict[str, bool]:
   return {
       "shape": expected.shape == detected.shape,
       "color": expected.color == detected.color,
@@ -57,8 +57,8 @@ def _agrees(expected: shapes.ShapeObject, detected: shapes_detector.Detection) -
   }
 
 
-def _attribute_hits(expected: Sequence[shapes.ShapeObject],
-                    detected: Sequence[shapes_detector.Detection]) -> dict[str, int]:
+def _attribute_hits(expected: Sequence[scenes.ShapeObject],
+                    detected: Sequence[detector.Detection]) -> dict[str, int]:
   """Number of expected objects whose matched detection agrees, per attribute."""
   hits = dict.fromkeys(ATTRIBUTES, 0)
   if not expected or not detected:
@@ -75,17 +75,17 @@ def _key(o) -> tuple:
   return (o.shape, o.color, o.size, o.row, o.col)
 
 
-def _score(image: np.ndarray, objects: Sequence[shapes.ShapeObject],
-           config: shapes_detector.DetectorConfig):
+def _score(image: np.ndarray, objects: Sequence[scenes.ShapeObject],
+           config: detector.DetectorConfig):
   if not objects:
     raise ValueError("expected at least one object")
-  detections = shapes_detector.detect(image, config)
+  detections = detector.detect(image, config)
   satisfied = sorted(map(_key, objects)) == sorted(map(_key, detections))
   return satisfied, detections, _attribute_hits(objects, detections)
 
 
 def score(image: np.ndarray, expected: Any,
-          config: shapes_detector.DetectorConfig = shapes_detector.DetectorConfig()
+          config: detector.DetectorConfig = detector.DetectorConfig()
           ) -> dict[str, Any]:
   """Scores one image against a caption (or its objects).
 
@@ -117,7 +117,7 @@ def summarize(scores: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def fidelity(images: Iterable[np.ndarray], captions_or_objects: Iterable[Any],
-             config: shapes_detector.DetectorConfig = shapes_detector.DetectorConfig()
+             config: detector.DetectorConfig = detector.DetectorConfig()
              ) -> dict[str, float]:
   """Fidelity and per-attribute accuracies over images (see the module docstring).
 

@@ -95,10 +95,10 @@ def model_info(config, mesh_sizes: Mapping[str, int]) -> dict[str, Any]:
   import jax.numpy as jnp
   from jax.sharding import AbstractMesh, AxisType
 
-  from vlgen_jax.model.accounting import forward_flops, param_counts
+  from vlgen_jax.train.accounting import forward_flops, param_counts
   from vlgen_jax.train import optimizer as optimizer_lib
   from vlgen_jax.train import sharding as sharding_lib
-  from vlgen_jax.train.task import build_task
+  from vlgen_jax.tasks import build_task
 
   if config.get("task") != "t2i":
     raise UserError(f"model-info sizes t2i configs; this config has task={config.get('task')!r}")

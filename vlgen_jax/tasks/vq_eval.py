@@ -139,7 +139,7 @@ def evaluate(task, params, step: int, writer) -> dict[str, Any]:
   }
   rec_uint8 = np.asarray(losses.to_uint8(jnp.asarray(x_rec)))
   if cfg.fidelity and is_shapes(task.config.data) and all(captions):
-    from vlgen_jax.eval import fidelity  # pylint: disable=g-import-not-at-top
+    from vlgen_jax.shapes import fidelity  # pylint: disable=g-import-not-at-top
     scores = fidelity.fidelity(list(rec_uint8), captions)
     out.update({f"val/fidelity_{k}" if k != "fidelity" else "val/fidelity": float(v)
                 for k, v in scores.items() if k != "n"})

@@ -1,7 +1,7 @@
 """The `shapes` dataset in pure numpy: spec constants, sampling, rendering, captions.
 
 The specification is docs/shapes.md. This module has no TensorFlow dependency:
-the TFDS builder (`shapes_tfds.py`), the detector (`vlgen_jax/eval/`) and tests
+the TFDS builder (`tfds_builder.py`), the detector (`detector.py`) and tests
 all share these definitions.
 
 Geometry is sampled once, in integer pixels of the 64 px base canvas, and
@@ -59,6 +59,18 @@ SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)
 
 SPLITS = ("train", "validation", "heldout")
 DEFAULT_SPLIT_SIZES = {"train": 50_000, "validation": 2_000, "heldout": 2_000}
+
+
+def dataset_name(resolution: int = 64, train_size: int | None = None,
+                 validation_size: int | None = None, heldout_size: int | None = None) -> str:
+  """The `data.name` of a shapes dataset (built on first use by the data
+  pipeline); sizes default to the spec's. Same as `tfds_builder.config_name`,
+  without importing tfds into config files."""
+  sizes = DEFAULT_SPLIT_SIZES
+  train_size = sizes["train"] if train_size is None else train_size
+  validation_size = sizes["validation"] if validation_size is None else validation_size
+  heldout_size = sizes["heldout"] if heldout_size is None else heldout_size
+  return f"shapes/res{resolution}_train{train_size}_val{validation_size}_heldout{heldout_size}"
 _SPLIT_SEEDS = {"train": 1, "validation": 2, "heldout": 3}
 _DATASET_SEED = 20_240_601
 _MAX_DRAWS = 10_000  # rejection loops end long before this; it guards against bugs

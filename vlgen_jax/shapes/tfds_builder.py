@@ -1,8 +1,8 @@
 """TFDS builder `shapes` (ArrayRecord) and `prepare_shapes`, which builds it on first use.
 
-Examples come from `vlgen_jax.data.shapes`; this module only turns them into
+Examples come from `vlgen_jax.shapes.scenes`; this module only turns them into
 TFDS records. Shuffling is disabled, so record `i` of a split is
-`shapes.sample_scene(split, i)`: the files are a pure function of the config
+`scenes.sample_scene(split, i)`: the files are a pure function of the config
 (two builds are byte-identical) and any record can be checked against its
 regenerated scene. Readers shuffle (Grain does).
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -25,7 +26,8 @@ from tensorflow_datasets.core import writer as writer_lib
 from tensorflow_datasets.core.utils import tqdm_utils
 from tensorflow_datasets.proto import tf_example_pb2
 
-from vlgen_jax.data import shapes
+from vlgen_jax.errors import UserError
+from vlgen_jax.shapes import scenes
 
 
 def hide_gpus_from_tf() -> None:
@@ -37,6 +39,11 @@ def hide_gpus_from_tf() -> None:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:
     pass  # TF already initialised its devices; nothing more can be done here.
+
+
+_NAME_RE = re.compile(
+    r"^shapes(/res(?P<res>\d+)_train(?P<train>\d+)_val(?P<val>\d+)_heldout(?P<heldout>\d+))?"
+    r"(:[\d.]+)?$")
 
 
 def config_name(resolution: int, train_size: int, validation_size: int, heldout_size: int) -> str:
@@ -53,12 +60,12 @@ class ShapesConfig(tfds.core.BuilderConfig):
   """
   name: str = ""
   resolution: int = 64
-  train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"]
-  validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"]
-  heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]
+  train_size: int = scenes.DEFAULT_SPLIT_SIZES["train"]
+  validation_size: int = scenes.DEFAULT_SPLIT_SIZES["validation"]
+  heldout_size: int = scenes.DEFAULT_SPLIT_SIZES["heldout"]
 
   def __post_init__(self):
-    shapes.check_resolution(self.resolution)
+    scenes.check_resolution(self.resolution)
     for split, size in self.split_sizes().items():
       if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"{split} size must be a positive int, got {size!r}")
@@ -87,11 +94,11 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def tfds_example(split: str, index: int, resolution: int) -> dict:
   """Example `index` of `split` as the builder's features expect it."""
-  scene = shapes.sample_scene(split, index)
+  scene = scenes.sample_scene(split, index)
   objects = scene.objects
   return {
       # Pre-encoded with PIL: faster than tfds' TF-graph PNG encoder.
-      "image": encode_png(shapes.render(scene, resolution)),
+      "image": encode_png(scenes.render(scene, resolution)),
       "caption": scene.caption,
       "objects": {
           "shape": [o.shape for o in objects],
@@ -122,11 +129,11 @@ class DeterministicExampleWriter(writer_lib.ExampleWriter):
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """Procedural shapes with exact captions (docs/shapes.md)."""
 
-  VERSION = tfds.core.Version(shapes.VERSION)
+  VERSION = tfds.core.Version(scenes.VERSION)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [ShapesConfig(resolution=r) for r in shapes.RESOLUTIONS]
+  BUILDER_CONFIGS = [ShapesConfig(resolution=r) for r in scenes.RESOLUTIONS]
   DEFAULT_BUILDER_CONFIG_NAME = config_name(64, **{f"{k}_size": v
-                                                    for k, v in shapes.DEFAULT_SPLIT_SIZES.items()})
+                                                    for k, v in scenes.DEFAULT_SPLIT_SIZES.items()})
 
   def _info(self) -> tfds.core.DatasetInfo:
     r = self.builder_config.resolution
@@ -136,9 +143,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             "image": tfds.features.Image(shape=(r, r, 3), dtype=np.uint8, encoding_format="png"),
             "caption": tfds.features.Text(),
             "objects": tfds.features.Sequence({
-                "shape": tfds.features.ClassLabel(names=shapes.SHAPES),
-                "color": tfds.features.ClassLabel(names=shapes.COLOR_NAMES),
-                "size": tfds.features.ClassLabel(names=shapes.SIZES),
+                "shape": tfds.features.ClassLabel(names=scenes.SHAPES),
+                "color": tfds.features.ClassLabel(names=scenes.COLOR_NAMES),
+                "size": tfds.features.ClassLabel(names=scenes.SIZES),
                 "row": tfds.features.Scalar(dtype=np.int32),
                 "col": tfds.features.Scalar(dtype=np.int32),
             }),
@@ -164,9 +171,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
 
 def shapes_builder(data_dir: str | os.PathLike, resolution: int = 64,
-                   train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
-                   validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
-                   heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"]) -> Shapes:
+                   train_size: int = scenes.DEFAULT_SPLIT_SIZES["train"],
+                   validation_size: int = scenes.DEFAULT_SPLIT_SIZES["validation"],
+                   heldout_size: int = scenes.DEFAULT_SPLIT_SIZES["heldout"]) -> Shapes:
   """The builder for this config under `data_dir` (not built yet, maybe)."""
   config = ShapesConfig(resolution=resolution, train_size=train_size,
                         validation_size=validation_size, heldout_size=heldout_size)
@@ -176,9 +183,9 @@ def shapes_builder(data_dir: str | os.PathLike, resolution: int = 64,
 
 
 def prepare_shapes(data_dir: str | os.PathLike, resolution: int = 64,
-                   train_size: int = shapes.DEFAULT_SPLIT_SIZES["train"],
-                   validation_size: int = shapes.DEFAULT_SPLIT_SIZES["validation"],
-                   heldout_size: int = shapes.DEFAULT_SPLIT_SIZES["heldout"],
+                   train_size: int = scenes.DEFAULT_SPLIT_SIZES["train"],
+                   validation_size: int = scenes.DEFAULT_SPLIT_SIZES["validation"],
+                   heldout_size: int = scenes.DEFAULT_SPLIT_SIZES["heldout"],
                    progress: bool = True) -> Shapes:
   """Builds `shapes` under `data_dir` if it is not there yet; returns the builder.
 
@@ -200,3 +207,21 @@ def prepare_shapes(data_dir: str | os.PathLike, resolution: int = 64,
     tfds.display_progress_bar(was_active)
   hide_gpus_from_tf()
   return builder
+
+
+def prepare_from_name(name: str, data_dir: str | os.PathLike) -> Shapes:
+  """The data pipeline's plug-in entry (`LOCAL_TFDS_BUILDERS`): builds the
+  dataset a `data.name` such as "shapes/res64_train50000_val2000_heldout2000"
+  names on first use (plain "shapes" = the spec's sizes at 64 px)."""
+  m = _NAME_RE.match(name)
+  if not m:
+    raise UserError(f"data.name={name!r} is not a shapes dataset name; expected "
+                    f"'shapes/{config_name(64, 50000, 2000, 2000)}' or 'shapes'")
+  kwargs = {}
+  if m.group("res"):
+    kwargs = dict(resolution=int(m.group("res")), train_size=int(m.group("train")),
+                  validation_size=int(m.group("val")), heldout_size=int(m.group("heldout")))
+  try:
+    return prepare_shapes(data_dir, **kwargs)
+  except ValueError as e:
+    raise UserError(f"data.name={name}: {e}") from None

@@ -8,7 +8,7 @@ import numpy as np
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.model.spec import ModelSpec
-from vlgen_jax.train.task import Task
+from vlgen_jax.tasks.base import Task
 
 
 def empty_caption_ids(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -64,7 +64,7 @@ class TextToImageTask(Task):
                      process_index: int, process_count: int) -> Iterator[dict]:
     source = self.config.data.get("source", "synthetic")
     if source == "synthetic":
-      from vlgen_jax.model.synthetic import SyntheticCaptions
+      from vlgen_jax.data.synthetic import SyntheticCaptions
       data = SyntheticCaptions.from_config(self.config)
       return iter(data.dataset(split=split, seed=seed, batch_size=batch_size,
                                process_index=process_index, process_count=process_count))
@@ -160,7 +160,7 @@ class TextToImageTask(Task):
 
   def loss(self, params, model_state, batch: dict, rng, *, train: bool):
     import jax
-    from vlgen_jax.model.loss import token_cross_entropy
+    from vlgen_jax.tasks.losses import token_cross_entropy
     text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
     rngs = {}
     if train:
@@ -186,7 +186,7 @@ class TextToImageTask(Task):
 
   # ---- accounting ---------------------------------------------------------
   def flops_per_example(self) -> float:
-    from vlgen_jax.model.accounting import training_flops_per_example
+    from vlgen_jax.train.accounting import training_flops_per_example
     return training_flops_per_example(self.spec)
 
   def tokens_per_example(self) -> int:

@@ -22,7 +22,7 @@ import ml_collections
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.train import numerics
-from vlgen_jax.train.task import Task
+from vlgen_jax.tasks.base import Task
 from vlgen_jax.vq import codebook as codebook_lib
 from vlgen_jax.vq import losses
 from vlgen_jax.vq import perceptual
@@ -225,5 +225,5 @@ class VQTask(Task):
 
   # ---- evaluation ----------------------------------------------------------------
   def evaluate(self, params, model_state, step: int, writer) -> dict[str, float]:
-    from vlgen_jax.vq import evaluation  # pylint: disable=g-import-not-at-top
+    from vlgen_jax.tasks import vq_eval as evaluation  # pylint: disable=g-import-not-at-top
     return evaluation.evaluate(self, params, step, writer)

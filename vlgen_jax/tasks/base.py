@@ -1,8 +1,8 @@
 """The contract between the model-agnostic trainer and a model family.
 
-`vlgen train --config configs/X.py` reads `config.task` (a name in `TASKS`)
-and builds that Task from the config. The trainer owns the mesh, sharding,
-optimizer, jit-compiled step, checkpoints, metrics and the loop; a Task owns
+`vlgen train --config configs/X.py` reads `config.task` (a name in
+`vlgen_jax.tasks.TASKS`) and builds that Task from the config. The trainer
+owns the mesh, sharding, optimizer, jit-compiled step, checkpoints, metrics and the loop; a Task owns
 its model, its loss and its input. Everything a Task returns that lives on
 device is a pytree of arrays; params carry logical axis names (Flax
 `nn.with_logical_partitioning` / `nn.Partitioned` boxes) so the trainer can
@@ -16,22 +16,12 @@ axes `data`, `fsdp`, `tensor`):
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Iterator, Mapping
 
 import ml_collections
 
-from vlgen_jax.errors import UserError
-
 PyTree = Any
 Metrics = Mapping[str, Any]  # name -> scalar jax array (fp32)
-
-# config.task -> "module:Class". Add new model families here.
-TASKS = {
-    "t2i": "vlgen_jax.model.task:TextToImageTask",
-    "vq": "vlgen_jax.vq.task:VQTask",
-    "toy": "vlgen_jax.train.toy:ToyTask",
-}
 
 
 class Task:
@@ -128,12 +118,3 @@ class Task:
     Returns scalars to log.
     """
     return {}
-
-
-def build_task(config: ml_collections.ConfigDict) -> Task:
-  name = config.get("task", None)
-  if name not in TASKS:
-    raise UserError(f"unknown config.task {name!r}; expected one of {sorted(TASKS)}")
-  module_name, _, cls_name = TASKS[name].partition(":")
-  module = importlib.import_module(module_name)
-  return getattr(module, cls_name)(config)

@@ -36,7 +36,7 @@ import optax
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.train import numerics
-from vlgen_jax.train.task import Task
+from vlgen_jax.tasks.base import Task
 
 SPLITS = {"train": 0, "validation": 1}
 IMAGE_SOURCES = ("tfds", "tar", "folder")

@@ -33,14 +33,14 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from vlgen_jax.data import shapes
+from vlgen_jax.shapes import scenes
 
-_PALETTE = np.array([shapes.COLORS[c] for c in shapes.COLOR_NAMES], np.float32)
+_PALETTE = np.array([scenes.COLORS[c] for c in scenes.COLOR_NAMES], np.float32)
 _PALETTE_NORM2 = (_PALETTE**2).sum(-1)
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 # Halfway between the small (12 px) and large (22 px) box sides, at 64 px.
-SIZE_THRESHOLD_PX = (shapes.SIZE_PX["small"] + shapes.SIZE_PX["large"]) / 2
+SIZE_THRESHOLD_PX = (scenes.SIZE_PX["small"] + scenes.SIZE_PX["large"]) / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +67,10 @@ class Detection:
   def key(self) -> tuple[str, str, str, int, int]:
     return (self.shape, self.color, self.size, self.row, self.col)
 
-  def to_object(self) -> shapes.ShapeObject | None:
-    if self.shape not in shapes.SHAPES:
+  def to_object(self) -> scenes.ShapeObject | None:
+    if self.shape not in scenes.SHAPES:
       return None
-    return shapes.ShapeObject(self.shape, self.color, self.size, self.row, self.col)
+    return scenes.ShapeObject(self.shape, self.color, self.size, self.row, self.col)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 def classify_pixels(image: np.ndarray, max_color_distance: float = 80.0,
                     min_intensity: float = 0.5) -> np.ndarray:
-  """int (H, W): index into `shapes.COLOR_NAMES`, or -1 for background.
+  """int (H, W): index into `scenes.COLOR_NAMES`, or -1 for background.
 
   On a black background, blur and anti-aliasing turn a color c into a*c with
   0 < a <= 1, so a pixel p is compared with the ray {a*c}: its intensity
@@ -118,8 +118,8 @@ def _classify_shape(component: np.ndarray) -> tuple[str, float]:
   h, w = component.shape
   best, best_iou = "unknown", -1.0
   area = component.sum()
-  for name in shapes.SHAPES:
-    template = shapes.shape_mask(name, h, w)
+  for name in scenes.SHAPES:
+    template = scenes.shape_mask(name, h, w)
     inter = np.logical_and(component, template).sum()
     iou = inter / (area + template.sum() - inter)
     if iou > best_iou:
@@ -131,9 +131,9 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list
   """Objects found in a square uint8 RGB image, in reading order of their cells."""
   labels = classify_pixels(image, config.max_color_distance, config.min_intensity)
   resolution = labels.shape[0]
-  scale = resolution / shapes.BASE_RESOLUTION
-  min_area = config.min_area_fraction * (shapes.SIZE_PX["small"] * scale) ** 2
-  cell_px = resolution / shapes.GRID
+  scale = resolution / scenes.BASE_RESOLUTION
+  min_area = config.min_area_fraction * (scenes.SIZE_PX["small"] * scale) ** 2
+  cell_px = resolution / scenes.GRID
   found = []
   for color_index in np.unique(labels):
     if color_index < 0:
@@ -149,10 +149,10 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list
       shape, iou = _classify_shape(crop)
       if iou < config.min_shape_iou or max(h, w) > config.max_aspect_ratio * min(h, w):
         shape = "unknown"
-      row = min(int((y0 + y1) / 2 // cell_px), shapes.GRID - 1)
-      col = min(int((x0 + x1) / 2 // cell_px), shapes.GRID - 1)
+      row = min(int((y0 + y1) / 2 // cell_px), scenes.GRID - 1)
+      col = min(int((x0 + x1) / 2 // cell_px), scenes.GRID - 1)
       size = "large" if max(h, w) > SIZE_THRESHOLD_PX * scale else "small"
-      found.append(Detection(shape, shapes.COLOR_NAMES[color_index], size, row, col,
+      found.append(Detection(shape, scenes.COLOR_NAMES[color_index], size, row, col,
                              (x0, y0, x1, y1), area, iou))
   found.sort(key=lambda d: (d.row, d.col, d.bbox))
   return found
@@ -161,4 +161,4 @@ def detect(image: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list
 def describe(detections: Sequence[Detection]) -> str:
   """Caption-like text of detections ("unknown" shapes included), for logs."""
   return " and ".join(
-      f"a {d.size} {d.color} {d.shape} {shapes.POSITIONS[d.row][d.col]}" for d in detections)
+      f"a {d.size} {d.color} {d.shape} {scenes.POSITIONS[d.row][d.col]}" for d in detections)
