@@ -6,7 +6,7 @@ and the KV cache once, so a step cannot take less than
 (param bytes + cache bytes) / HBM bandwidth.
 
   python benchmarks/sample.py                       # small config, 256 tokens (16x16)
-  python benchmarks/sample.py --config configs/parti_750m.py --grid 32 --batch-sizes 8 \
+  python benchmarks/sample.py --config configs/parti.py:750m --grid 32 --batch-sizes 8 \
       --modes cached --cfg 3 --dtype bfloat16       # the Parti-750M goal on one GPU
 """
 from __future__ import annotations

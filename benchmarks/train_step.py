@@ -7,7 +7,7 @@ remat policies x batch sizes. Prints a markdown table and one JSON object
   JAX_PLATFORMS=cpu python benchmarks/train_step.py
 
   # The Parti-350M MFU goal on one H100 (bf16, cuDNN flash attention):
-  python benchmarks/train_step.py --config configs/parti_350m.py --mesh data=1 \
+  python benchmarks/train_step.py --config configs/parti.py:350m --mesh data=1 \
       --remat none,dots_no_batch,full --batch-size 16,32 --steps 20 \
       --config.dtype=bfloat16 --config.model.attention_impl=cudnn
 
@@ -79,7 +79,7 @@ def build_cases(args) -> list[dict]:
 
 
 def _case_overrides(case: dict, args) -> list[str]:
-  from vlgen_jax.train.model_info import parse_mesh
+  from vlgen_jax.train.mesh import parse_mesh
   sizes = parse_mesh(case["mesh"])
   items = [f"--config.mesh.{axis}={size}" for axis, size in sizes.items()]
   items.append(f"--config.remat={case['remat']}")

@@ -8,6 +8,7 @@ measured run).
 """
 from __future__ import annotations
 
+from vlgen_jax.shapes import scenes
 from vlgen_jax.vq.defaults import vq_config
 
 
@@ -41,7 +42,9 @@ def get_config(arg: str = ""):
   c.checkpoint_every = 1000
   c.vq_eval.num_examples = 500
 
-  c.data.data_dir = ""  # where `shapes` is built on first use; set on the command line
+  c.evaluators = ("shapes",)  # caption fidelity of the reconstructions
+  c.data.name = scenes.dataset_name()  # built on first use (the spec's split sizes)
+  c.data.data_dir = ""  # where `shapes` is built; set on the command line
   c.data.resolution = 64
   c.data.read_threads = 2
   return c

@@ -7,7 +7,7 @@
 # Usage:
 #   TPU_NAME=my-v5p-64 ZONE=us-east5-a ACCELERATOR_TYPE=v5p-64 \
 #   WORKDIR=gs://my-bucket/runs/parti350m TFDS_DATA_DIR=gs://my-bucket/tfds \
-#   launch/tpu_pod.sh --config configs/parti_350m.py [--config.key=value ...]
+#   launch/tpu_pod.sh --config configs/parti.py:350m [--config.key=value ...]
 #
 # Environment:
 #   TPU_NAME, ZONE            required: the slice and its zone

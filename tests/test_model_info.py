@@ -18,7 +18,7 @@ PARTI = {"parti_350m": 350e6, "parti_750m": 750e6, "parti_3b": 3e9, "parti_20b":
 
 @pytest.mark.parametrize("name", list(PARTI))
 def test_parti_presets_have_the_papers_sizes(name):
-  config = load_config(f"configs/{name}.py")
+  config = load_config(f"configs/parti.py:{name.removeprefix('parti_')}")
   result = info.model_info(config, info.resolve_mesh(info.config_mesh(config), None))
   params = result["params"]
   assert abs(params["non_embedding"] / PARTI[name] - 1) < 0.05, params
@@ -78,14 +78,14 @@ def test_abstract_memory_equals_a_real_sharded_init():
 
 
 def test_cli_json_and_table(capsys):
-  assert cli.main(["model-info", "--config", "configs/parti_750m.py",
+  assert cli.main(["model-info", "--config", "configs/parti.py:750m",
                    "--mesh", "data=4,fsdp=16,tensor=2", "--json"]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out["mesh"] == {"data": 4, "fsdp": 16, "tensor": 2} and out["devices"] == 128
   assert abs(out["params"]["non_embedding"] / 750e6 - 1) < 0.05
   assert set(out["bytes_per_device"]) == {"params", "optimizer", "total"}
 
-  assert cli.main(["model-info", "--config", "configs/parti_750m.py", "--mesh", "data=-1,fsdp=16",
+  assert cli.main(["model-info", "--config", "configs/parti.py:750m", "--mesh", "data=-1,fsdp=16",
                    "--devices", "64", "--config.optimizer.name=adafactor"]) == 0
   table = capsys.readouterr().out
   assert "params (non-embedding)" in table and "755,111,936" in table
@@ -94,7 +94,7 @@ def test_cli_json_and_table(capsys):
 
 
 def test_more_sharding_means_less_memory_per_device():
-  config = load_config("configs/parti_3b.py")
+  config = load_config("configs/parti.py:3b")
   small = info.model_info(config, {"data": 1, "fsdp": 8, "tensor": 1})["bytes_per_device"]
   large = info.model_info(config, {"data": 1, "fsdp": 32, "tensor": 4})["bytes_per_device"]
   assert small["params"] / large["params"] == pytest.approx(16, rel=0.02)
@@ -108,7 +108,7 @@ def test_more_sharding_means_less_memory_per_device():
     (["--mesh", "data=2", "--devices", "8"], "has 2 devices"),
 ])
 def test_bad_mesh_is_a_one_line_error(args, message, capsys):
-  assert cli.main(["model-info", "--config", "configs/parti_350m.py", *args]) == 2
+  assert cli.main(["model-info", "--config", "configs/parti.py:350m", *args]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and message in err and err.count("\n") == 1
 

@@ -20,7 +20,8 @@ DOC = REPO_ROOT / "docs" / "scaling.md"
 def _model_info_table(config_path: str, mesh: str) -> str:
   from vlgen_jax.config import load_config
   from vlgen_jax.train import model_info as info
-  sizes = info.resolve_mesh(info.parse_mesh(mesh), None)
+  from vlgen_jax.train.mesh import parse_mesh
+  sizes = info.resolve_mesh(parse_mesh(mesh), None)
   return info.format_table(info.model_info(load_config(str(REPO_ROOT / config_path)), sizes),
                            title=f"model-info {config_path}")
 
@@ -46,18 +47,24 @@ def _doc_model_info_blocks() -> list[tuple[str, str, str]]:
   return [(c, m, out.rstrip("\n")) for c, m, out in blocks]
 
 
+def _preset_config(preset: str) -> str:
+  """"parti_350m" -> "configs/parti.py:350m"."""
+  return f"configs/parti.py:{preset.removeprefix('parti_')}"
+
+
 def test_doc_quotes_every_parti_preset():
-  presets = {p.stem for p in (REPO_ROOT / "configs").glob("parti_*.py")}
-  assert presets, "no configs/parti_*.py"
+  from vlgen_jax.config import load_config_module
+  presets = {f"parti_{size}" for size in load_config_module("configs/parti.py").SIZES}
+  assert len(presets) == 4
   assert {r[0] for r in _doc_table_rows()} == presets
-  assert {pathlib.Path(c).stem for c, _, _ in _doc_model_info_blocks()} == presets
+  assert {"parti_" + c.split(":")[1] for c, _, _ in _doc_model_info_blocks()} == presets
 
 
 def test_doc_table_matches_model_info():
   rows = _doc_table_rows()
   assert len(rows) >= 8
   for preset, hardware, mesh, params, optimizer, total in rows:
-    table = _model_info_table(f"configs/{preset}.py", mesh.strip("`"))
+    table = _model_info_table(_preset_config(preset), mesh.strip("`"))
     got = (_value(table, "params per device"), _value(table, "optimizer ("),
            _value(table, "params + optimizer per device"))
     assert got == (params, optimizer, total), f"{preset} on {hardware} ({mesh})"

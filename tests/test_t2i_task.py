@@ -113,7 +113,7 @@ def test_bad_model_config_is_a_one_line_user_error(override, message):
 
 
 def test_vocabularies_are_padded_to_128():
-  spec = ModelSpec.from_config(load_config("configs/parti_350m.py"))
+  spec = ModelSpec.from_config(load_config("configs/parti.py:350m"))
   assert spec.image_vocab_padded == 8320 and spec.image_bos_id == 8192
   assert spec.text_vocab_padded == 16384
   assert ModelSpec.from_config(_tiny("--config.model.text_vocab_size=130")).text_vocab_padded == 256

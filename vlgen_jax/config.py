@@ -31,14 +31,20 @@ def resolve_config_path(path: str) -> str:
   raise UserError(f"config file not found: {path}")
 
 
-def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads `path[:arg]` and applies `key=value` overrides (keys without `--config.`)."""
-  path, _, arg = spec.partition(":")
+def load_config_module(path: str):
+  """The config file as a module (it is the user's own code, see module doc)."""
   path = resolve_config_path(path)
   module_name = "vlgen_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)  # The user's own config file (see module doc).
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path[:arg]` and applies `key=value` overrides (keys without `--config.`)."""
+  path, _, arg = spec.partition(":")
+  module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path} has no get_config()")
   config = module.get_config(arg) if arg else module.get_config()

@@ -12,7 +12,7 @@ one process, writing into the demo workdir:
   WORKDIR/t2i/                  text-to-image run (vlgen train)
   WORKDIR/samples/              vlgen sample on a few prompts (grid.png)
   WORKDIR/eval/                 vlgen eval report (grid.png, results.json)
-  WORKDIR/demo.json             finished stages and their wall times
+  WORKDIR/demo.json             finished stages, their wall times, the runs
 
 A re-run skips finished stages (and training stages resume from their
 checkpoints), so an interrupted demo continues where it stopped.
@@ -129,6 +129,8 @@ def run(args) -> int:
   commands = stage_commands(c, w)
   state = _load_state(workdir)
   state["recipe"] = c.to_dict()
+  # `vlgen sample/eval --workdir DEMO` find the runs here (vlgen_jax/runs.py).
+  state["runs"] = {"t2i": w["t2i"], "vq": w["vq"]}
   total = time.perf_counter()
   for stage in STAGES:
     if stage not in stages:

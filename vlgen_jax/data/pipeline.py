@@ -466,7 +466,7 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  if tokenizer is None and data_config.get("tokenizer", ""):
+  if tokenizer is None and data_config.tokenizer:
     from vlgen_jax.text.tokenizer import TextTokenizer  # pylint: disable=g-import-not-at-top
     tokenizer = TextTokenizer.from_file(data_config.tokenizer)
   if source is None:
@@ -484,10 +484,10 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
     processor = ImageTextProcessor(data_config.resolution, tokenizer, data_config.max_text_len,
                                    with_captions=with_captions)
 
-  shuffle_seed = seed if data_config.get("shuffle_seed", -1) < 0 else data_config.shuffle_seed
+  shuffle_seed = seed if data_config.shuffle_seed < 0 else data_config.shuffle_seed
   ds = grain.MapDataset.source(source)
   if train:
-    if data_config.get("shuffle", True):
+    if data_config.shuffle:
       ds = ds.shuffle(seed=_seed32(shuffle_seed, 0))
     ds = ds.repeat(None)  # endless; the shuffle is reseeded every epoch
     # Seeded per global stream position: the same choice for any process count.
@@ -496,8 +496,8 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
     ds = ds.map(processor)
   ds = ProcessBlocksMapDataset(ds, batch_size, process_index, process_count)
 
-  read = grain.ReadOptions(num_threads=max(0, int(data_config.get("read_threads", 4))),
-                           prefetch_buffer_size=max(0, int(data_config.get("read_buffer", 128))))
+  read = grain.ReadOptions(num_threads=max(0, int(data_config.read_threads)),
+                           prefetch_buffer_size=max(0, int(data_config.read_buffer)))
   it_ds = ds.to_iter_dataset(read)
   describe = f"{data_config.source} split {split!r} ({n} records)"
   if train and not drop_remainder:
@@ -507,7 +507,7 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, split: str, batch_s
                                    drop_remainder=drop_remainder)
   batcher = it_ds.__iter__()
   it = batcher
-  prefetch = int(data_config.get("prefetch", 2))
+  prefetch = int(data_config.prefetch)
   if prefetch > 0:
     it = grain.experimental.ThreadPrefetchDatasetIterator(batcher, prefetch)
   signature = {"source": str(data_config.source), "split": split, "records": n,

@@ -39,8 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def is_due(config, step: int) -> bool:
-  se = config.get("sample_eval", None)
-  if not se or int(se.num) <= 0:
+  se = config.sample_eval
+  if int(se.num) <= 0:
     return False
   every = int(se.every)
   return every <= 0 or step % every == 0 or step == int(config.total_steps)
@@ -50,21 +50,21 @@ class SampleEvaluator:
   """Built once per run (loads captions and the VQ decoder), called per eval."""
 
   def __init__(self, config, model, tokenizer):
+    from vlgen_jax import runs
     from vlgen_jax.data import token_records
     from vlgen_jax.vq.api import VQTokenizer
     se = config.sample_eval
     if int(se.num) < 1 or int(se.batch_size) < 1:
       raise UserError("config.sample_eval.num and batch_size must be >= 1")
-    data_dir = config.data.get("data_dir", "")
-    if config.data.get("source", "") != "tokens" or not data_dir:
+    data_dir = config.data.data_dir
+    if config.data.source != "tokens" or not data_dir:
       raise UserError("config.sample_eval needs a token dataset (data.source=tokens); "
                       "set --config.sample_eval.num=0 to turn it off")
     source = token_records.TokenRecordSource(data_dir, str(se.split))
     self.captions = [caption for _, caption in
                      (token_records.decode_token_record(source[i])
                       for i in range(min(int(se.num), len(source))))]
-    vq_workdir = se.get("vq_workdir", "") or token_records.read_info(data_dir)["meta"].get(
-        "vq_workdir", "")
+    vq_workdir = se.vq_workdir or runs.recorded_vq_run(config)
     if not vq_workdir or not os.path.isdir(vq_workdir):
       raise UserError(f"config.sample_eval: VQ run {vq_workdir!r} of token dataset {data_dir} "
                       f"not found; set --config.sample_eval.vq_workdir")

@@ -57,7 +57,8 @@ def read_prompts(args) -> list[str]:
 def run(args) -> int:
   import time
   from tqdm import tqdm
-  from vlgen_jax.sample.generator import Generator, run_config
+  from vlgen_jax.runs import t2i_config
+  from vlgen_jax.sample.generator import Generator
   from vlgen_jax.sample.outputs import write_outputs
   from vlgen_jax.sample.sampler import SamplingOptions
 
@@ -69,7 +70,7 @@ def run(args) -> int:
   from vlgen_jax.train import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   # Validated before anything is loaded.
-  options = SamplingOptions.from_config(run_config(args.workdir), **sampling_overrides(args))
+  options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
   expanded = [p for p in prompts for _ in range(args.num_per_prompt)]

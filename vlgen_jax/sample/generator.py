@@ -1,9 +1,9 @@
 """A trained text-to-image run, loaded for sampling: captions -> uint8 images.
 
 `Generator.load(workdir)` finds the run (a `vlgen train` t2i workdir, or a
-`vlgen demo` workdir holding one under `t2i/`), restores params only (no
-optimizer state) sharded over a sampling mesh, and loads the run's
-SentencePiece model and VQ decoder. `generate(...)` tokenizes, samples image
+`vlgen demo` workdir naming one), restores params only (no optimizer state)
+sharded over a sampling mesh, and loads the SentencePiece model and VQ
+decoder the run records (vlgen_jax/runs.py). `generate(...)` tokenizes, samples image
 tokens in fixed-size batches (one compile) and decodes them to pixels.
 """
 from __future__ import annotations
@@ -14,61 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vlgen_jax import runs
 from vlgen_jax.errors import UserError
-
-T2I_SUBDIR = "t2i"   # where `vlgen demo` keeps the text-to-image run
-VQ_SUBDIR = "vq"     # ... and the VQ tokenizer run
-
-
-def _is_run(path: str) -> bool:
-  return any(os.path.exists(os.path.join(path, *p)) for p in (("config.json",),
-                                                             ("export", "config.json")))
-
-
-def find_t2i_run(workdir: str) -> str:
-  """The text-to-image run in `workdir` (itself, or `workdir/t2i`)."""
-  if not os.path.isdir(workdir):
-    raise UserError(f"workdir not found: {workdir}")
-  for cand in (workdir, os.path.join(workdir, T2I_SUBDIR)):
-    if _is_run(cand):
-      from vlgen_jax.train import checkpoint
-      if checkpoint.load_config(cand).get("task") == "t2i":
-        return cand
-  raise UserError(f"no text-to-image run in {workdir} (expected a t2i train workdir or "
-                  f"{os.path.join(workdir, T2I_SUBDIR)})")
-
-
-def run_config(workdir: str):
-  """The config of the text-to-image run in `workdir` (cheap: no params)."""
-  from vlgen_jax.train import checkpoint
-  return checkpoint.load_config(find_t2i_run(workdir))
-
-
-def find_tokenizer(run: str, config) -> str:
-  from vlgen_jax.text.tokenizer import TOKENIZER_ASSET
-  candidates = [os.path.join(run, "export", "assets", TOKENIZER_ASSET),
-                config.get("data", {}).get("tokenizer", "") or ""]
-  for path in candidates:
-    if path and os.path.exists(path):
-      return path
-  raise UserError(f"the run in {run} has no text tokenizer (looked for "
-                  f"export/assets/{TOKENIZER_ASSET} and config.data.tokenizer)")
-
-
-def find_vq_run(run: str, config, override: str | None = None) -> str:
-  """The VQ run whose codes the t2i model predicts: --vq-workdir, the config's
-  `vq_workdir`, the token dataset's metadata, or the demo layout."""
-  candidates = [override, config.get("vq_workdir", None)]
-  data_path = config.get("data", {}).get("data_dir", "")
-  if data_path and os.path.exists(os.path.join(data_path, "dataset_info.json")):
-    from vlgen_jax.data.token_records import read_info
-    candidates.append(read_info(data_path)["meta"].get("vq_workdir"))
-  candidates.append(os.path.join(os.path.dirname(os.path.abspath(run)), VQ_SUBDIR))
-  for path in candidates:
-    if path and _is_run(path):
-      return path
-  raise UserError(f"cannot find the VQ tokenizer run for {run}; pass --vq-workdir")
-
 
 @dataclasses.dataclass
 class Generator:
@@ -95,16 +42,12 @@ class Generator:
     from vlgen_jax.train import mesh as mesh_lib
     from vlgen_jax.vq.api import VQTokenizer
 
-    run = find_t2i_run(workdir)
+    run = runs.find_run(workdir, "t2i")
     config = checkpoint.load_config(run)
     with config.unlocked():
-      config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
-      for item in (mesh_overrides or "").split(","):
-        if item.strip():
-          name, _, size = item.partition("=")
-          if name.strip() not in config.mesh or not size.strip().lstrip("-").isdigit():
-            raise UserError(f"--mesh must look like data=2,fsdp=1,tensor=4; got {mesh_overrides!r}")
-          config.mesh[name.strip()] = int(size)
+      # Sampling mesh: data parallel over every device unless --mesh says otherwise.
+      config.mesh.update(mesh_lib.parse_mesh(mesh_overrides or "",
+                                             {"data": -1, "fsdp": 1, "tensor": 1}))
     spec = ModelSpec.from_config(config)
     model = Model(spec)
     mesh = mesh_lib.create_mesh(config)
@@ -114,11 +57,17 @@ class Generator:
                            jnp.zeros((1, spec.num_image_tokens), jnp.int32))["params"])
     shardings = sharding.logical_to_shardings(sharding.logical_specs(abstract), mesh, rules)
     params = checkpoint.load_params(run, step, shardings)
-    tokenizer = TextTokenizer.from_file(find_tokenizer(run, config))
-    vq = VQTokenizer.from_workdir(find_vq_run(run, config, vq_workdir))
+    tokenizer_path = runs.tokenizer_of(run, config)
+    tokenizer = TextTokenizer.from_file(tokenizer_path)
+    if tokenizer.vocab_size > spec.text_vocab_size:
+      raise UserError(f"text tokenizer {tokenizer_path} has {tokenizer.vocab_size} pieces but "
+                      f"the t2i run {run} embeds {spec.text_vocab_size}")
+    vq_run = runs.vq_of(run, config, vq_workdir)
+    vq = VQTokenizer.from_workdir(vq_run)
     if vq.num_codes != spec.image_vocab_size or tuple(vq.token_grid) != spec.image_grid:
-      raise UserError(f"VQ run has {vq.num_codes} codes on a {vq.token_grid} grid but the "
-                      f"t2i model expects {spec.image_vocab_size} on {spec.image_grid}")
+      raise UserError(f"VQ run {vq_run} has {vq.num_codes} codes on a {tuple(vq.token_grid)} "
+                      f"grid but the t2i run {run} predicts {spec.image_vocab_size} codes on "
+                      f"{spec.image_grid}")
     return cls(run=run, config=config, model=model, params=params, tokenizer=tokenizer, vq=vq,
                mesh=mesh, param_shardings=shardings, rules=rules, step=step)
 
@@ -141,8 +90,7 @@ class Generator:
     returns (uint8 images (n, H, W, 3), tokens (n, N)). Image i uses key
     (seed, i), so results do not depend on `batch_size`."""
     from vlgen_jax.sample import sampler
-    from vlgen_jax.train import sharding
-    dp = int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
+    dp = self.data_parallel_size
     batch_size = max(dp, -(-batch_size // dp) * dp)
     text = self.tokenizer.encode_batch(list(prompts), self.spec.text_length)
     fn = self.sampler(options)
@@ -151,7 +99,7 @@ class Generator:
       chunk = text[start:start + batch_size]
       padded, real = sampler.pad_batch(chunk, batch_size)
       keys = sampler.image_keys(seed, start, batch_size)
-      out = self._to_host(fn(self.params, self._global(padded), self._global_keys(keys)))[:real]
+      out = self.to_host(fn(self.params, self.to_global(padded), self._global_keys(keys)))[:real]
       tokens.append(out)
       images.append(self.vq.decode_uint8(out.reshape(real, *self.spec.image_grid)))
       if progress:
@@ -160,22 +108,21 @@ class Generator:
 
   # Multi-process: every process holds the whole (small) prompt batch; each
   # device takes its rows; outputs come back to every host.
-  def _global(self, host_array):
-    import jax
+  @property
+  def data_parallel_size(self) -> int:
     from vlgen_jax.train import sharding
-    s = sharding.batch_sharding(self.mesh)
-    return jax.make_array_from_callback(host_array.shape, s, lambda idx: host_array[idx])
+    return int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
+
+  def to_global(self, host_array):
+    """A host batch (every process holds all of it) split over the batch axes."""
+    from vlgen_jax.train import sharding
+    return sharding.to_global(host_array, sharding.batch_sharding(self.mesh))
 
   def _global_keys(self, keys):
     import jax
-    from vlgen_jax.train import sharding
-    return jax.device_put(keys, sharding.batch_sharding(self.mesh)) if jax.process_count() == 1 \
-        else jax.random.wrap_key_data(self._global(np.asarray(jax.random.key_data(keys))))
+    return jax.random.wrap_key_data(self.to_global(np.asarray(jax.random.key_data(keys))))
 
   @staticmethod
-  def _to_host(array) -> np.ndarray:
-    import jax
-    if jax.process_count() == 1:
-      return np.asarray(array)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+  def to_host(array) -> np.ndarray:
+    from vlgen_jax.train import sharding
+    return sharding.to_host(array)

@@ -98,7 +98,8 @@ class Task:
 
   def export_files(self) -> dict[str, str]:
     """Extra files a params-only export needs to be used on its own (e.g. the
-    SentencePiece model): `{name: source path}`, copied to `export/assets/`."""
+    SentencePiece model): `{name: source file or directory}`, copied to
+    `export/assets/name`."""
     return {}
 
   # ---- accounting ---------------------------------------------------------

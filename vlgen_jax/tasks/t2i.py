@@ -1,6 +1,7 @@
 """`TextToImageTask` ("t2i"): the trainer's view of the text-to-image model."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import ml_collections
@@ -14,15 +15,15 @@ from vlgen_jax.tasks.base import Task
 def empty_caption_ids(config: ml_collections.ConfigDict) -> np.ndarray:
   """The empty caption: `config.data.empty_caption` ids, then pad, to text_length."""
   m = config.model
-  ids = tuple(int(i) for i in config.data.get("empty_caption", ()))
+  ids = tuple(int(i) for i in config.data.empty_caption)
   if not ids:
     raise UserError("config.data.empty_caption must list the ids of the empty caption (e.g. BOS, EOS)")
   if len(ids) > m.text_length or any(not 0 <= i < m.text_vocab_size for i in ids):
     raise UserError(f"config.data.empty_caption {ids} does not fit text_length/text_vocab_size")
-  if m.get("text_pad_id", 0) in ids:
+  if m.text_pad_id in ids:
     # An all-pad caption would leave cross-attention nothing to attend to.
     raise UserError("config.data.empty_caption must not contain the pad id")
-  out = np.full(m.text_length, m.get("text_pad_id", 0), np.int32)
+  out = np.full(m.text_length, m.text_pad_id, np.int32)
   out[:len(ids)] = ids
   return out
 
@@ -46,8 +47,8 @@ class TextToImageTask(Task):
     from vlgen_jax.model.t2i import Model
     self.spec = ModelSpec.from_config(config)
     self.model = Model(self.spec)
-    self.z_loss = float(config.model.get("z_loss", 0.0))
-    self.cond_dropout = float(config.model.get("cond_dropout", 0.0))
+    self.z_loss = float(config.model.z_loss)
+    self.cond_dropout = float(config.model.cond_dropout)
     if not 0.0 <= self.cond_dropout <= 1.0:
       # 1.0 trains an unconditional model (every caption empty).
       raise UserError(f"config.model.cond_dropout must be in [0, 1], got {self.cond_dropout}")
@@ -62,7 +63,7 @@ class TextToImageTask(Task):
   # ---- input -------------------------------------------------------------
   def input_iterator(self, split: str, *, batch_size: int, train: bool, seed: int,
                      process_index: int, process_count: int) -> Iterator[dict]:
-    source = self.config.data.get("source", "synthetic")
+    source = self.config.data.source
     if source == "synthetic":
       from vlgen_jax.data.synthetic import SyntheticCaptions
       data = SyntheticCaptions.from_config(self.config)
@@ -89,7 +90,7 @@ class TextToImageTask(Task):
     """The caption tokenizer of `config.data.tokenizer` (tokens source), loaded once."""
     if self._tokenizer is None:
       from vlgen_jax.text.tokenizer import TextTokenizer
-      path = self.config.data.get("tokenizer", "")
+      path = self.config.data.tokenizer
       if not path:
         raise UserError("data.source=tokens needs a text tokenizer: set --config.data.tokenizer")
       self._tokenizer = TextTokenizer.from_file(path)
@@ -99,7 +100,7 @@ class TextToImageTask(Task):
     """The token dataset, tokenizer and model must agree on every shape and id."""
     from vlgen_jax.data import token_records
     data, spec = self.config.data, self.spec
-    if not data.get("data_dir", ""):
+    if not data.data_dir:
       raise UserError("data.source=tokens needs --config.data.data_dir (a `vlgen encode` output)")
     meta = token_records.read_info(data.data_dir)["meta"]
     grid = tuple(int(v) for v in meta["token_grid"])
@@ -107,7 +108,7 @@ class TextToImageTask(Task):
       raise UserError(f"token dataset {data.data_dir} has a {grid[0]}x{grid[1]} grid of "
                       f"{meta['codebook_size']} codes, the model expects image_grid="
                       f"{spec.image_grid} and image_vocab_size={spec.image_vocab_size}")
-    if int(data.get("max_text_len", spec.text_length)) != spec.text_length:
+    if int(data.max_text_len) != spec.text_length:
       raise UserError(f"config.data.max_text_len={data.max_text_len} must equal "
                       f"config.model.text_length={spec.text_length}")
     tok = self.tokenizer()
@@ -120,10 +121,18 @@ class TextToImageTask(Task):
                       f"tokenizer's empty caption {tuple(int(i) for i in empty if i != 0)}")
 
   def export_files(self) -> dict[str, str]:
-    """The SentencePiece model, so an export can encode prompts on its own."""
+    """The SentencePiece model and the VQ run's export (vlgen_jax/runs.py),
+    so an export encodes prompts and decodes images on its own."""
+    from vlgen_jax import runs
     from vlgen_jax.text.tokenizer import TOKENIZER_ASSET
-    path = self.config.data.get("tokenizer", "")
-    return {TOKENIZER_ASSET: path} if path else {}
+    from vlgen_jax.train import checkpoint
+    files = {}
+    if self.config.data.tokenizer:
+      files[TOKENIZER_ASSET] = self.config.data.tokenizer
+    vq_run = runs.recorded_vq_run(self.config)
+    if vq_run and checkpoint.export_step(vq_run) is not None:
+      files[f"{runs.VQ_ASSET}/{checkpoint.EXPORT}"] = os.path.join(vq_run, checkpoint.EXPORT)
+    return files
 
   # ---- model -------------------------------------------------------------
   def init(self, rng, batch: dict):
@@ -146,8 +155,8 @@ class TextToImageTask(Task):
     dataset (`vlgen encode` writes it; token_records.APPEARANCE_FILE)."""
     if self._code_features is None:
       from vlgen_jax.data import token_records
-      data_dir = self.config.data.get("data_dir", "")
-      if self.config.data.get("source", "") != "tokens" or not data_dir:
+      data_dir = self.config.data.data_dir
+      if self.config.data.source != "tokens" or not data_dir:
         raise UserError("config.model.code_embedding='appearance' needs a token dataset "
                         "(data.source=tokens, data.data_dir): the code features come from it")
       mean, _ = token_records.read_code_appearance(data_dir)

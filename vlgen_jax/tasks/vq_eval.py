@@ -1,7 +1,8 @@
 """Periodic tokenizer evaluation (`VQTask.evaluate`): reconstructs the first
 `config.vq_eval.num_examples` records of the eval split and reports PSNR,
-codebook usage and perplexity over all their tokens, the caption fidelity of
-the reconstructions (shapes data), and an original | reconstruction grid.
+codebook usage and perplexity over all their tokens, the run's evaluators
+(`config.evaluators`, e.g. shapes caption fidelity) on the reconstructions,
+and an original | reconstruction grid.
 
 Every process runs it (the forward pass is collective over the mesh that
 holds the params); every process reads all the eval images, which are few,
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vlgen_jax.eval import evaluators as evaluators_lib
+from vlgen_jax.train import sharding as sharding_lib
 from vlgen_jax.vq import losses
 from vlgen_jax.vq import quantizer as quantizer_lib
 
@@ -83,10 +86,10 @@ def reconstruct(task, params, images: np.ndarray, batch_size: int
     x = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk
     x = x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
     if rows is not None:
-      x = jax.make_array_from_callback(x.shape, rows, lambda index, x=x: x[index])
+      x = sharding_lib.to_global(x, rows)
     x_rec, indices = run(params["vq"], x)
-    recs.append(np.asarray(jax.device_get(x_rec))[:len(chunk)])
-    idxs.append(np.asarray(jax.device_get(indices))[:len(chunk)])
+    recs.append(sharding_lib.to_host(x_rec)[:len(chunk)])
+    idxs.append(sharding_lib.to_host(indices)[:len(chunk)])
   return np.concatenate(recs), np.concatenate(idxs)
 
 
@@ -117,10 +120,6 @@ def grid(originals: np.ndarray, reconstructions: np.ndarray, gap: int = 2) -> np
   return out
 
 
-def is_shapes(data_config) -> bool:
-  return data_config.source == "tfds" and str(data_config.name).startswith("shapes")
-
-
 def evaluate(task, params, step: int, writer) -> dict[str, Any]:
   cfg = task.config.vq_eval
   split = task.config.eval_split
@@ -138,11 +137,14 @@ def evaluate(task, params, step: int, writer) -> dict[str, Any]:
       "val/skipped": skipped,
   }
   rec_uint8 = np.asarray(losses.to_uint8(jnp.asarray(x_rec)))
-  if cfg.fidelity and is_shapes(task.config.data) and all(captions):
-    from vlgen_jax.shapes import fidelity  # pylint: disable=g-import-not-at-top
-    scores = fidelity.fidelity(list(rec_uint8), captions)
-    out.update({f"val/fidelity_{k}" if k != "fidelity" else "val/fidelity": float(v)
-                for k, v in scores.items() if k != "n"})
+  # The run's evaluators judge the reconstructions against the captions
+  # (e.g. "shapes": does the reconstruction still show what the caption says?).
+  if task.config.evaluators and all(captions):
+    evaluators = evaluators_lib.build_all(task.config.evaluators)
+    _, summaries = evaluators_lib.run_all(evaluators, list(rec_uint8), captions)
+    for summary in summaries.values():
+      out.update({"val/fidelity" if k == "fidelity" else f"val/fidelity_{k}": float(v)
+                  for k, v in summary.items() if k not in ("n", "unscored")})
   n = min(int(cfg.grid_examples), len(images))
   if n > 0:
     writer.image("val/reconstructions", grid(images[:n], rec_uint8[:n]), step)

@@ -8,7 +8,8 @@ Layout under WORKDIR:
   checkpoints/<step>/data     Grain iterator state, one JSON file per process
   export/params               params only (Orbax PyTree), for sampling
   export/model_state          the Task's non-gradient state, when it has any
-  export/config.json, export/meta.json (step), export/assets/*  (Task.export_files)
+  export/config.json, export/meta.json (step), export/assets/*  (Task.export_files;
+                                                  files or directories)
 
 Checkpoints restore onto any mesh: the caller passes the target shardings.
 
@@ -349,10 +350,22 @@ def export(workdir, step: int, params: PyTree, model_state: PyTree,
   if jax.process_index() == 0:
     save_config(root, config)
     for name, src in (files or {}).items():
-      (root / "assets").mkdir(parents=True, exist_ok=True)
-      epath.Path(src).copy(root / "assets" / name, overwrite=True)
+      _copy_tree(epath.Path(src), root / "assets" / name)
     meta.write_text(json.dumps({"step": int(step)}))
   return str(root)
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+  """Copies a file, or a directory recursively, replacing what is there."""
+  if src.is_dir():
+    if dst.exists():
+      dst.rmtree()
+    dst.mkdir(parents=True)
+    for path in src.iterdir():  # (epath has no recursive glob on gs://)
+      _copy_tree(path, dst / path.name)
+    return
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  src.copy(dst, overwrite=True)
 
 
 def export_step(workdir) -> int | None:

@@ -68,19 +68,36 @@ def maybe_initialize_distributed(environ: Mapping[str, str] | None = None) -> bo
   return False
 
 
-def _resolve(sizes: Mapping[str, int], total: int, what: str) -> tuple[int, ...]:
+def parse_mesh(text: str, base: Mapping[str, int] | None = None) -> dict[str, int]:
+  """"data=2,fsdp=4" -> `base` (default: every axis 1) with those sizes set."""
+  sizes = dict(base) if base is not None else {a: 1 for a in MESH_AXES}
+  for item in (p.strip() for p in text.split(",")):
+    if not item:
+      continue
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or name not in MESH_AXES:
+      raise UserError(f"--mesh items look like data=N,fsdp=N,tensor=N; got {item!r}")
+    try:
+      sizes[name] = int(value)
+    except ValueError:
+      raise UserError(f"--mesh size of {name} must be an integer, got {value!r}") from None
+  return sizes
+
+
+def resolve_axes(sizes: Mapping[str, int], total: int, what: str) -> tuple[int, ...]:
   """Axis sizes in MESH_AXES order with a -1 filled so the product is `total`."""
   unknown = sorted(set(sizes) - set(MESH_AXES))
   if unknown:
-    raise UserError(f"config.{what} has unknown axes {unknown}; axes are {', '.join(MESH_AXES)}")
+    raise UserError(f"{what} has unknown axes {unknown}; axes are {', '.join(MESH_AXES)}")
   shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
   fill = [i for i, s in enumerate(shape) if s == -1]
   if len(fill) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise UserError(f"config.{what} sizes must be positive with at most one -1, got {_fmt(shape)}")
+    raise UserError(f"{what} sizes must be positive with at most one -1, got {_fmt(shape)}")
   known = math.prod(s for s in shape if s != -1)
   if fill:
     if total % known:
-      raise UserError(f"config.{what} {_fmt(shape)}: {total} devices are not divisible by {known}")
+      raise UserError(f"{what} {_fmt(shape)}: {total} devices are not divisible by {known}")
     shape[fill[0]] = total // known
   return tuple(shape)
 
@@ -91,12 +108,12 @@ def _fmt(shape: Sequence[int]) -> str:
 
 def mesh_shapes(config, num_devices: int, num_slices: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """(ICI shape, DCN shape) in MESH_AXES order, validated against the devices."""
-  dcn = _resolve(config.get("dcn_mesh", {}) or {}, num_slices, "dcn_mesh")
+  dcn = resolve_axes(config.get("dcn_mesh", {}) or {}, num_slices, "config.dcn_mesh")
   if math.prod(dcn) != num_slices:
     raise UserError(f"config.dcn_mesh {_fmt(dcn)} spans {math.prod(dcn)} slices, "
                     f"but the devices form {num_slices} slice(s)")
   per_slice = num_devices // num_slices
-  ici = _resolve(config.mesh, per_slice, "mesh")
+  ici = resolve_axes(config.mesh, per_slice, "config.mesh")
   if math.prod(ici) != per_slice:
     where = f" per slice ({num_slices} slices)" if num_slices > 1 else ""
     raise UserError(f"config.mesh {_fmt(ici)} needs {math.prod(ici)} devices, "

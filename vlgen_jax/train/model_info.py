@@ -19,30 +19,13 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument("--config", required=True, help="config file, e.g. configs/parti_3b.py")
+  parser.add_argument("--config", required=True, help="config file, e.g. configs/parti.py:3b")
   parser.add_argument("--mesh", default=None,
                       help="mesh axis sizes, e.g. data=8,fsdp=16,tensor=4 (default: the config's "
                            "mesh times dcn_mesh); at most one -1, filled from --devices")
   parser.add_argument("--devices", type=int, default=None,
                       help="device count that fills a -1 mesh axis (default: this host's)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-  """"data=2,fsdp=4" -> {"data": 2, "fsdp": 4, "tensor": 1}."""
-  sizes = {a: 1 for a in MESH_AXES}
-  for item in (p.strip() for p in text.split(",")):
-    if not item:
-      continue
-    name, sep, value = item.partition("=")
-    name = name.strip()
-    if not sep or name not in MESH_AXES:
-      raise UserError(f"--mesh items look like data=N,fsdp=N,tensor=N; got {item!r}")
-    try:
-      sizes[name] = int(value)
-    except ValueError:
-      raise UserError(f"--mesh size of {name} must be an integer, got {value!r}") from None
-  return sizes
 
 
 def config_mesh(config) -> dict[str, int]:
@@ -56,25 +39,18 @@ def config_mesh(config) -> dict[str, int]:
 
 
 def resolve_mesh(sizes: Mapping[str, int], devices: int | None) -> dict[str, int]:
-  """Fills one -1 axis so the mesh covers `devices`; validates sizes."""
+  """Fills one -1 axis so the mesh covers `devices` (default: this host's)."""
   if devices is not None and devices < 1:
     raise UserError(f"--devices must be >= 1, got {devices}")
-  sizes = dict(sizes)
-  fill = [a for a, s in sizes.items() if s == -1]
-  if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
-    raise UserError(f"mesh sizes must be positive with at most one -1, got {sizes}")
-  if fill:
-    if devices is None:
-      import jax
-      devices = jax.device_count()
-    known = math.prod(s for s in sizes.values() if s != -1)
-    if devices % known:
-      raise UserError(f"mesh {sizes}: {devices} devices are not divisible by {known}; "
-                      f"pass --mesh with explicit sizes or --devices")
-    sizes[fill[0]] = devices // known
-  elif devices is not None and math.prod(sizes.values()) != devices:
-    raise UserError(f"mesh {sizes} has {math.prod(sizes.values())} devices, not --devices={devices}")
-  return sizes
+  if devices is None and -1 not in sizes.values():
+    devices = math.prod(sizes.values())
+  from vlgen_jax.train import mesh as mesh_lib  # jax: not at import (`vlgen --help`)
+  if devices is None:
+    devices = len(mesh_lib.jax.devices())
+  shape = mesh_lib.resolve_axes(sizes, devices, "--mesh")
+  if math.prod(shape) != devices:
+    raise UserError(f"mesh {dict(sizes)} has {math.prod(shape)} devices, not --devices={devices}")
+  return dict(zip(mesh_lib.MESH_AXES, shape))
 
 
 def _shard_bytes(abstract, sharding, mesh_sizes: Mapping[str, int]) -> tuple[int, bool]:
@@ -189,6 +165,7 @@ def format_table(info: Mapping[str, Any], title: str = "") -> str:
 def run(args) -> int:
   from vlgen_jax.config import load_config
   config = load_config(args.config, getattr(args, "config_overrides", ()))
+  from vlgen_jax.train.mesh import parse_mesh
   sizes = parse_mesh(args.mesh) if args.mesh else config_mesh(config)
   sizes = resolve_mesh(sizes, args.devices)
   info = model_info(config, sizes)

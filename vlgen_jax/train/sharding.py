@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlgen_jax.errors import UserError
@@ -138,6 +139,20 @@ def process_data_shard(mesh: jax.sharding.Mesh, global_size: int) -> tuple[int, 
     raise ValueError(f"processes hold uneven or overlapping batch rows: {ranges}")
   mine = ranges[jax.process_index()]
   return distinct.index(mine), len(distinct), mine[1] - mine[0]
+
+
+def to_global(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A host array that every process holds whole -> a global array laid out
+  by `sharding` (each device takes its slice)."""
+  host_array = np.asarray(host_array)
+  return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """A global array, whole, on every process (collective with several)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(array))
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def global_batch(local: dict, mesh: jax.sharding.Mesh, global_size: int) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlgen_jax.errors import UserError
+from vlgen_jax.train import sharding as sharding_lib
 from vlgen_jax.vq.model import VQConfig, VQModel
 
 PyTree = Any
@@ -79,7 +80,7 @@ class VQTokenizer:
     pad = (-n) % devices
     if pad:
       x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-    return jax.make_array_from_callback(x.shape, self._rows, lambda index: x[index]), n
+    return sharding_lib.to_global(x, self._rows), n
 
   def encode(self, images) -> np.ndarray:
     """(B, R, R, 3) uint8 or [-1, 1] float images -> int32 tokens (B, h, w)."""
@@ -90,7 +91,7 @@ class VQTokenizer:
     if images.dtype == np.uint8:
       images = images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
     x, n = self._to_device(images.astype(np.float32))
-    return _to_host(self._encode(self.params, x))[:n]
+    return sharding_lib.to_host(self._encode(self.params, x))[:n]
 
   def encode_global(self, local_images) -> np.ndarray:
     """Multi-process encode: each process passes its own rows ([-1, 1] float,
@@ -116,7 +117,7 @@ class VQTokenizer:
       raise UserError(f"token ids must be in [0, {self.num_codes}), "
                       f"got [{tokens.min()}, {tokens.max()}]")
     t, n = self._to_device(tokens.astype(np.int32))
-    return _to_host(self._decode(self.params, t))[:n]
+    return sharding_lib.to_host(self._decode(self.params, t))[:n]
 
   def decode_uint8(self, tokens) -> np.ndarray:
     """Like `decode`, as uint8 [0, 255] images."""
@@ -127,10 +128,3 @@ class VQTokenizer:
     """decode(encode(images))."""
     return self.decode(self.encode(images))
 
-
-def _to_host(array: jax.Array) -> np.ndarray:
-  """A global array on every process (collective when there are several)."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(array))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -60,14 +60,16 @@ def vq_config() -> ml_collections.ConfigDict:
   })
 
   # Periodic evaluation (Task.evaluate) on the first `num_examples` records
-  # of config.eval_split: PSNR, codebook usage, a reconstruction grid and,
-  # on shapes, the caption fidelity of the reconstructions.
+  # of config.eval_split: PSNR, codebook usage, a reconstruction grid and
+  # the evaluators below on the reconstructions.
   c.vq_eval = ml_collections.ConfigDict({
       "num_examples": 500,
       "batch_size": 100,
       "grid_examples": 8,
-      "fidelity": True,          # only applies to shapes data
   })
+  # Evaluators (vlgen_jax/eval/evaluators.py) that apply to the data, e.g.
+  # ("shapes",): caption fidelity of the reconstructions.
+  c.evaluators = ()
 
   c.data = default_data_config()
   c.data.tokenizer = ""          # a VQ tokenizer needs no text ids
