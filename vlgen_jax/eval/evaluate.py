@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
-from vlgen_jax.data import token_records
+from vlgen_jax.data import pipeline, token_records
 from vlgen_jax.errors import UserError
 from vlgen_jax.eval import report as report_lib
-from vlgen_jax.sample.generator import Generator, run_config
+from vlgen_jax.runs import t2i_config
+from vlgen_jax.sample.generator import Generator
 from vlgen_jax.sample.outputs import SAMPLE_INFO, read_prompts_file, write_outputs
+from vlgen_jax.sample import sampler as sampler_lib
 from vlgen_jax.sample.sampler import SamplingOptions
 from vlgen_jax.train import mesh as mesh_lib
+from vlgen_jax.vq import losses as vq_losses
 
 
 def split_captions(config, split: str, num: int) -> list[str]:
@@ -30,6 +36,65 @@ def split_captions(config, split: str, num: int) -> list[str]:
           for i in range(min(num, len(source)))]
 
 
+def split_records(config, split: str, num: int) -> tuple[list[str], np.ndarray]:
+  """(captions, image tokens (n, N)) of the first `num` records of `split`."""
+  source = token_records.TokenRecordSource(config.data.data_dir, split)
+  records = [token_records.decode_token_record(source[i]) for i in range(min(num, len(source)))]
+  return [c for _, c in records], np.stack([t for t, _ in records])
+
+
+def teacher_forced_nll(gen: Generator, captions, tokens, batch_size: int) -> dict[str, float]:
+  """Validation loss of the t2i model on (caption, image tokens) pairs: mean
+  negative log-likelihood per image token in nats and bits (the training
+  `ce` and `bits_per_token`, without caption dropout)."""
+  model = gen.model
+
+  @jax.jit
+  def nll(params, text_ids, image_tokens):
+    logits = model.apply({"params": params}, text_ids, image_tokens).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, image_tokens[..., None], axis=-1)[..., 0].sum(-1)
+
+  dp = gen.data_parallel_size
+  batch_size = max(dp, -(-batch_size // dp) * dp)
+  text = gen.tokenizer.encode_batch(list(captions), gen.spec.text_length)
+  total = 0.0
+  for start in range(0, len(captions), batch_size):
+    t, real = sampler_lib.pad_batch(text[start:start + batch_size], batch_size)
+    i, _ = sampler_lib.pad_batch(tokens[start:start + batch_size].astype(np.int32), batch_size)
+    total += float(gen.to_host(nll(gen.params, gen.to_global(t), gen.to_global(i)))[:real].sum())
+  nats = total / (len(captions) * tokens.shape[1])
+  return {"loss": nats, "bits_per_token": nats / math.log(2), "n": len(captions)}
+
+
+def reconstruction_psnr(config, vq, split: str, num: int) -> dict[str, float] | None:
+  """PSNR (dB) of the VQ's reconstructions of the first `num` real images of
+  `split` of the data the token dataset was encoded from (None when that
+  data is no longer readable)."""
+  meta = token_records.read_info(config.data.data_dir)["meta"]
+  data = pipeline.default_data_config()
+  data.update({k: v for k, v in meta.get("data", {}).items() if k in data})
+  data.resolution = vq.resolution
+  try:
+    source = pipeline.make_source(data, split)
+  except UserError:
+    return None
+  processor = pipeline.ImageTextProcessor(vq.resolution)
+  images = []
+  for i in range(len(source)):
+    example, _ = processor(source[i])
+    if example is not None:
+      images.append(example["image"])
+    if len(images) == num:
+      break
+  if not images:
+    return None
+  x = np.stack(images)  # float32 in [-1, 1]
+  rec = vq.reconstruct(x)
+  psnr = np.asarray(vq_losses.psnr(jnp.asarray(rec), jnp.asarray(x)))
+  return {"psnr": float(psnr.mean()), "n": len(images)}
+
+
 def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
                  prompts_file: str | None = None, report: str | None = None,
                  evaluator_names: Sequence[str] | None = None,
@@ -39,14 +104,25 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   """Samples captions of the run's split (or a prompts file), scores and
   reports them; returns the results on process 0 (None elsewhere)."""
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
-  config = run_config(workdir)
+  config = t2i_config(workdir)
   # Everything the user could get wrong is checked before params are loaded.
   options = SamplingOptions.from_config(config, **(sampling_overrides or {}))
   names = list(config.evaluators) if evaluator_names is None else list(evaluator_names)
   report_lib.evaluators_lib.build_all(names)
-  captions = (read_prompts_file(prompts_file)[:num] if prompts_file
-              else split_captions(config, split, num))
+  if prompts_file:
+    captions, tokens = read_prompts_file(prompts_file)[:num], None
+  else:
+    split_captions(config, split, num)  # checks the split before params are loaded
+    captions, tokens = split_records(config, split, num)
   gen = Generator.load(workdir, step=step, vq_workdir=vq_workdir, mesh_overrides=mesh)
+  metrics = {}
+  if tokens is not None:
+    # What holds for any data: how well the model predicts the split's real
+    # codes, and how faithfully the VQ reproduces its real images.
+    metrics["t2i"] = teacher_forced_nll(gen, captions, tokens, batch_size)
+    psnr = reconstruction_psnr(config, gen.vq, split, num)
+    if psnr is not None:
+      metrics["vq"] = psnr
   with tqdm(total=len(captions), desc=f"eval {split}", unit="img",
             disable=jax.process_index() != 0) as bar:
     images, _ = gen.generate(captions, options, seed=seed, batch_size=batch_size,
@@ -58,7 +134,7 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})
-  return report_lib.write_report(report, images, captions, names, {
+  return report_lib.write_report(report, images, captions, names, {**metrics,
       "split": None if prompts_file else split, "prompts": prompts_file,
       "step": gen.step, "cfg_scale": options.cfg_scale,
       "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
