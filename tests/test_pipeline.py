@@ -430,5 +430,16 @@ def test_shapes_name_matches_the_builder_config():
   from vlgen_jax.shapes import tfds_builder
   assert scenes.dataset_name(32, 100, 10, 5) == "shapes/" + tfds_builder.config_name(
       32, 100, 10, 5)
-  assert pipeline.default_data_config().name == "shapes/" + tfds_builder.config_name(
+  assert scenes.dataset_name() == "shapes/" + tfds_builder.config_name(
       64, **{f"{k}_size": v for k, v in scenes.DEFAULT_SPLIT_SIZES.items()})
+
+
+def test_no_dataset_is_a_default_and_tfds_needs_a_name():
+  """Generic data configs name no dataset (shapes is a plug-in, not a default)."""
+  cfg = pipeline.default_data_config()
+  assert cfg.name == ""
+  with pytest.raises(UserError, match="data.source=tfds needs data.name"):
+    pipeline.make_source(cfg, "train")
+  cfg.name = "shapes"
+  with pytest.raises(UserError, match="built on first use and needs data.data_dir"):
+    pipeline.make_source(cfg, "train")
