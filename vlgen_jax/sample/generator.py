@@ -36,7 +36,7 @@ class Generator:
     import jax
     import jax.numpy as jnp
     from vlgen_jax.model.spec import ModelSpec
-    from vlgen_jax.model.t2i import Model
+    from vlgen_jax.tasks.families import get_family
     from vlgen_jax.text.tokenizer import TextTokenizer
     from vlgen_jax.train import checkpoint, sharding
     from vlgen_jax.train import mesh as mesh_lib
@@ -49,7 +49,7 @@ class Generator:
       config.mesh.update(mesh_lib.parse_mesh(mesh_overrides or "",
                                              {"data": -1, "fsdp": 1, "tensor": 1}))
     spec = ModelSpec.from_config(config)
-    model = Model(spec)
+    model = get_family(spec.family).build_model(spec)
     mesh = mesh_lib.create_mesh(config)
     rules = sharding.logical_axis_rules(config)
     abstract = jax.eval_shape(
