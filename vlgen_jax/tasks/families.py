@@ -18,7 +18,7 @@ shared and never look at the family. A family provides:
                       one) or "raster" (kept tokens are forced while decoding
                       in raster order, so a regenerated token only sees the
                       kept tokens before it: the weaker option);
-  defaults(config)    config.model / config.sample values the family needs.
+  uses_steps          whether sampling runs `options.steps` parallel steps.
 
 docs/extending.md walks through adding a family, with "masked" and
 "decoder_only" as the worked examples.
@@ -33,6 +33,7 @@ from vlgen_jax.errors import UserError
 class Family:
   name = ""
   editing = "raster"
+  uses_steps = False  # True: sampling takes `options.steps` parallel steps
 
   def build_model(self, spec):
     raise NotImplementedError
@@ -50,9 +51,6 @@ class Family:
   def sample_function(self, cached: bool = True):
     from vlgen_jax.sample import sampler
     return sampler.sample_tokens if cached else sampler.sample_tokens_full_recompute
-
-  def defaults(self, config) -> None:
-    pass
 
 
 class EncoderDecoder(Family):
@@ -85,6 +83,7 @@ class Masked(Family):
   """Bidirectional image decoder trained to fill masked tokens (MaskGIT, MUSE)."""
   name = "masked"
   editing = "native"
+  uses_steps = True
 
   def build_model(self, spec):
     from vlgen_jax.model.masked import MaskedModel
