@@ -64,12 +64,13 @@ def main(argv=None) -> int:
   import numpy as np
   from vlgen_jax.images import make_grid, save_png
   from vlgen_jax.sample import edit as edit_lib
-  from vlgen_jax.sample.generator import Generator, run_config
+  from vlgen_jax.runs import t2i_config
+  from vlgen_jax.sample.generator import Generator
   from vlgen_jax.sample.sampler import SamplingOptions
   from vlgen_jax.shapes import fidelity, scenes
   from vlgen_jax.tasks.families import get_family
 
-  options = SamplingOptions.from_config(run_config(args.workdir), steps=args.steps,
+  options = SamplingOptions.from_config(t2i_config(args.workdir), steps=args.steps,
                                         cfg_scale=args.cfg_scale, temperature=args.temperature)
   gen = Generator.load(args.workdir, step=args.step)
   res, grid = gen.vq.resolution, gen.spec.image_grid

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
   from vlgen_jax.sample import edit as edit_lib
   from vlgen_jax.sample.cli import sampling_overrides
-  from vlgen_jax.sample.generator import Generator, run_config
+  from vlgen_jax.runs import t2i_config
+  from vlgen_jax.sample.generator import Generator
   from vlgen_jax.sample.outputs import write_outputs
   from vlgen_jax.sample.sampler import SamplingOptions
   import numpy as np
@@ -43,7 +44,7 @@ def run(args) -> int:
   if args.box is None and args.mask is None and args.keep_box is None and args.redraw is None:
     raise UserError("say what to regenerate: --box, --mask, --keep-box or --redraw")
   # Everything the user could get wrong is checked before params are loaded.
-  options = SamplingOptions.from_config(run_config(args.workdir), **sampling_overrides(args))
+  options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
   resolution = gen.vq.resolution
