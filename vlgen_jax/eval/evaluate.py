@@ -19,6 +19,7 @@ from vlgen_jax.sample.generator import Generator
 from vlgen_jax.sample.outputs import SAMPLE_INFO, read_prompts_file, write_outputs
 from vlgen_jax.sample import sampler as sampler_lib
 from vlgen_jax.sample.sampler import SamplingOptions
+from vlgen_jax.tasks.families import get_family
 from vlgen_jax.train import mesh as mesh_lib
 from vlgen_jax.vq import losses as vq_losses
 
@@ -130,7 +131,10 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   if jax.process_index() != 0:
     return None
   source = f"prompts-{os.path.basename(prompts_file)}" if prompts_file else split
-  report = report or os.path.join(gen.run, "eval", f"{source}-{num}-cfg{options.cfg_scale:g}")
+  parallel = get_family(gen.spec.family).uses_steps
+  steps = f"-steps{options.steps}" if parallel else ""
+  report = report or os.path.join(gen.run, "eval",
+                                  f"{source}-{num}-cfg{options.cfg_scale:g}{steps}")
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})
@@ -138,7 +142,9 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
       "split": None if prompts_file else split, "prompts": prompts_file,
       "step": gen.step, "cfg_scale": options.cfg_scale,
       "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
-      "plausibility": options.plausibility, "seed": seed, "report": report})
+      "plausibility": options.plausibility, "family": gen.spec.family,
+      "steps": options.steps if parallel else None,
+      "seed": seed, "report": report})
 
 
 def evaluate_folder(folder: str, *, report: str | None = None,

@@ -2,7 +2,8 @@
 
 One compact `__call__` with a static `mode`, so every mode builds the same
 submodules (same param paths) from one set of weights:
-  "train":    full sequence, causal self-attention + cross-attention;
+  "train":    full sequence, causal self-attention + cross-attention
+              (bidirectional for the masked family: every token sees all);
   "cross_kv": per-layer cross-attention keys/values of the encoder output,
               computed once per prompt for decoding;
   "decode":   one token against the static-size self-attention cache.
@@ -54,7 +55,7 @@ class DecoderLayer(nn.Module):
       encoded, text_mask, positions = args
       h = self_norm(x)
       h = self_attn.attend(self_attn.queries(h, positions), *self_attn.keys_values(h, positions),
-                           causal=True)
+                           causal=s.family != "masked")
       x = x + drop(h)
       h = cross_norm(x)
       h = cross_attn.attend(cross_attn.queries(h), *cross_attn.keys_values(encoded),

@@ -59,6 +59,10 @@ class ModelSpec:
   # "layers" axis, so checkpoints and sharding do not change): ~1.4x faster
   # steps on XLA:CPU for small models, longer compiles for deep ones.
   unroll_layers: bool = False
+  # Which model family (vlgen_jax/tasks/families.py): "encdec" (causal decoder
+  # cross-attending to the text encoder), "masked" (bidirectional decoder,
+  # MaskGIT), "decoder_only" (caption prefix + image in one causal stack).
+  family: str = "encdec"
   dtype: str = "float32"      # compute dtype; "auto" resolved by `compute_dtype()`.
   remat: str = "none"
 
@@ -69,6 +73,11 @@ class ModelSpec:
 
   @property
   def image_bos_id(self) -> int:
+    return self.image_vocab_size
+
+  @property
+  def mask_id(self) -> int:
+    """[MASK] of the masked family: the same id (and row) as BOS."""
     return self.image_vocab_size
 
   @property
@@ -125,6 +134,8 @@ class ModelSpec:
       if getattr(self, name) not in allowed:
         raise UserError(f"config.model.{name} must be one of {', '.join(allowed)}; "
                         f"got {getattr(self, name)!r}")
+    from vlgen_jax.tasks import families
+    families.get_family(self.family).validate(self)  # UserError on unknown names too
     from vlgen_jax.train import numerics
     numerics.remat_policy(self.remat)  # raises UserError on unknown names
     self.compute_dtype()

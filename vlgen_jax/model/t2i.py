@@ -7,10 +7,10 @@ Input index i carries the 2-D position (i // W', i % W') of the token it
 predicts. Logits of ids >= K (BOS, vocabulary padding) are masked, so they
 are never predicted.
 
-Decode API (one prompt batch, tokens decoded in lock-step):
-  encoded, text_mask = model.apply(v, text_ids, method=Model.encode_text)
-  cache = model.apply(v, encoded, text_mask, method=Model.init_cache)
-  logits, cache = model.apply(v, token, position, cache, method=Model.decode_step)
+Decode API (one prompt batch, tokens decoded in lock-step), shared with the
+decoder-only family (vlgen_jax/model/decoder_only.py):
+  cache = model.apply(v, text_ids, method="prefill")
+  logits, cache = model.apply(v, token, position, cache, method="decode_step")
 where `token` (B,) is the decoder input at sequence index `position`
 (BOS at 0). Cross-attention keys/values are computed once, in `init_cache`.
 """
@@ -56,6 +56,10 @@ class Model(nn.Module):
     zeros = jnp.zeros(shape, cross_k.dtype)
     return {"self_k": zeros, "self_v": zeros, "cross_k": cross_k, "cross_v": cross_v,
             "text_mask": text_mask}
+
+  def prefill(self, text_ids) -> Cache:
+    """text_ids (B, L) -> the decode cache (text encoded, cross K/V computed)."""
+    return self.init_cache(*self.encode_text(text_ids))
 
   def decode_step(self, token, position, cache: Cache):
     """token (B,) int at sequence index `position` (scalar) -> (fp32 logits (B, V), cache)."""

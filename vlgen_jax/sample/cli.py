@@ -31,6 +31,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--plausibility", type=float, default=None,
                       help="only draw codes whose probability given the caption is >= this "
                            "fraction of the most likely code's (default: the run's config, else 0)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="parallel decoding steps (masked family; default: the run's config)")
+  parser.add_argument("--mask-schedule", default=None, choices=("cosine", "linear"),
+                      help="tokens left masked after each parallel step (masked family)")
+  parser.add_argument("--choice-temperature", type=float, default=None,
+                      help="Gumbel noise on which draws are kept, annealed to 0 (masked family)")
   parser.add_argument("--temperature", type=float, default=None)
   parser.add_argument("--top-k", type=int, default=None)
   parser.add_argument("--top-p", type=float, default=None)
@@ -46,7 +52,8 @@ def sampling_overrides(args) -> dict:
   """The sampling flags the user gave (None = the run's `config.sample`)."""
   return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-              plausibility=args.plausibility)
+              plausibility=args.plausibility, steps=args.steps,
+              mask_schedule=args.mask_schedule, choice_temperature=args.choice_temperature)
 
 
 def read_prompts(args) -> list[str]:

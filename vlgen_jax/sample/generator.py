@@ -36,7 +36,7 @@ class Generator:
     import jax
     import jax.numpy as jnp
     from vlgen_jax.model.spec import ModelSpec
-    from vlgen_jax.model.t2i import Model
+    from vlgen_jax.tasks.families import get_family
     from vlgen_jax.text.tokenizer import TextTokenizer
     from vlgen_jax.train import checkpoint, sharding
     from vlgen_jax.train import mesh as mesh_lib
@@ -49,7 +49,7 @@ class Generator:
       config.mesh.update(mesh_lib.parse_mesh(mesh_overrides or "",
                                              {"data": -1, "fsdp": 1, "tensor": 1}))
     spec = ModelSpec.from_config(config)
-    model = Model(spec)
+    model = get_family(spec.family).build_model(spec)
     mesh = mesh_lib.create_mesh(config)
     rules = sharding.logical_axis_rules(config)
     abstract = jax.eval_shape(
@@ -78,10 +78,10 @@ class Generator:
   def empty_caption(self) -> np.ndarray:
     return self.tokenizer.encode_batch([""], self.spec.text_length)[0]
 
-  def sampler(self, options):
+  def sampler(self, options, *, edit: bool = False):
     from vlgen_jax.sample import sampler
     return sampler.make_sampler(self.model, options, empty_caption=self.empty_caption(),
-                                mesh=self.mesh, param_shardings=self.param_shardings,
+                                edit=edit, mesh=self.mesh, param_shardings=self.param_shardings,
                                 logical_axis_rules=self.rules)
 
   def generate(self, prompts: Sequence[str], options, *, seed: int = 0, batch_size: int = 16,
@@ -89,17 +89,35 @@ class Generator:
     """One image per entry of `prompts` (repeat a prompt for several):
     returns (uint8 images (n, H, W, 3), tokens (n, N)). Image i uses key
     (seed, i), so results do not depend on `batch_size`."""
+    return self._run(prompts, options, seed=seed, batch_size=batch_size, progress=progress)
+
+  def edit(self, prompts: Sequence[str], known: np.ndarray, keep: np.ndarray, options, *,
+           seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Like `generate`, keeping `known` (n, N) image tokens where `keep` (n, N)
+    is True and regenerating the rest, the family's way (`Family.editing`)."""
+    n = self.spec.num_image_tokens
+    known, keep = np.asarray(known, np.int32), np.asarray(keep, bool)
+    if known.shape != (len(prompts), n) or keep.shape != known.shape:
+      raise ValueError(f"known/keep must be ({len(prompts)}, {n}), got {known.shape}, {keep.shape}")
+    return self._run(prompts, options, seed=seed, batch_size=batch_size, known=known, keep=keep)
+
+  def _run(self, prompts, options, *, seed, batch_size, progress=None, known=None, keep=None):
     from vlgen_jax.sample import sampler
     dp = self.data_parallel_size
     batch_size = max(dp, -(-batch_size // dp) * dp)
     text = self.tokenizer.encode_batch(list(prompts), self.spec.text_length)
-    fn = self.sampler(options)
+    edit = keep is not None
+    fn = self.sampler(options, edit=edit)
     images, tokens = [], []
     for start in range(0, len(prompts), batch_size):
       chunk = text[start:start + batch_size]
       padded, real = sampler.pad_batch(chunk, batch_size)
       keys = sampler.image_keys(seed, start, batch_size)
-      out = self.to_host(fn(self.params, self.to_global(padded), self._global_keys(keys)))[:real]
+      args = [self.to_global(padded), self._global_keys(keys)]
+      if edit:
+        args += [self.to_global(sampler.pad_batch(known[start:start + batch_size], batch_size)[0]),
+                 self.to_global(sampler.pad_batch(keep[start:start + batch_size], batch_size)[0])]
+      out = self.to_host(fn(self.params, *args))[:real]
       tokens.append(out)
       images.append(self.vq.decode_uint8(out.reshape(real, *self.spec.image_grid)))
       if progress:

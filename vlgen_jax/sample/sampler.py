@@ -30,6 +30,7 @@ import numpy as np
 from vlgen_jax.errors import UserError
 
 CFG_SCHEDULES = ("constant", "linear")
+MASK_SCHEDULES = ("cosine", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,13 @@ class SamplingOptions:
   # 0 = off; else keep codes with p(code | caption) >= plausibility * max p(. | caption),
   # judged before guidance and temperature.
   plausibility: float = 0.0
+  # Parallel decoding (masked family, vlgen_jax/sample/parallel.py; the causal
+  # families ignore these): steps, the schedule of how many tokens stay masked
+  # after each step, and the temperature of the Gumbel noise that randomises
+  # which tokens are kept (annealed linearly to 0; MaskGIT's 4.5).
+  steps: int = 12
+  mask_schedule: str = "cosine"
+  choice_temperature: float = 4.5
 
   def validate(self) -> "SamplingOptions":
     if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -58,6 +66,13 @@ class SamplingOptions:
                       f"got {self.cfg_schedule!r}")
     if not 0.0 <= self.plausibility < 1.0:
       raise UserError(f"plausibility must be in [0, 1), got {self.plausibility}")
+    if int(self.steps) != self.steps or self.steps < 1:
+      raise UserError(f"steps must be a positive integer, got {self.steps}")
+    if self.mask_schedule not in MASK_SCHEDULES:
+      raise UserError(f"mask schedule must be one of {', '.join(MASK_SCHEDULES)}, "
+                      f"got {self.mask_schedule!r}")
+    if not np.isfinite(self.choice_temperature) or self.choice_temperature < 0:
+      raise UserError(f"choice temperature must be >= 0, got {self.choice_temperature}")
     return self
 
   @classmethod
@@ -151,14 +166,16 @@ def next_token_logits(logits, batch: int, guided: bool, options: SamplingOptions
 
 
 def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
-                  empty_caption=None, force_guidance: bool = False):
+                  empty_caption=None, known=None, keep=None, force_guidance: bool = False):
   """text_ids (B, L) int32, keys (B,) -> image tokens (B, N) int32, with the KV cache.
 
-  Pure and traceable: wrap with `jax.jit` (see `make_sampler`) with `model`,
-  `options` and `empty_caption` static / closed over. `force_guidance` runs
-  the 2B guided batch even at scale 1 (tests check it equals plain sampling).
+  For the causal families (any model with `prefill` / `decode_step`, see
+  vlgen_jax/model/t2i.py). Pure and traceable: wrap with `jax.jit` (see
+  `make_sampler`) with `model`, `options` and `empty_caption` static / closed
+  over. `known` (B, N) tokens where `keep` (B, N) is True are forced instead
+  of drawn (editing, in raster order). `force_guidance` runs the 2B guided
+  batch even at scale 1 (tests check it equals plain sampling).
   """
-  from vlgen_jax.model.t2i import Model
   spec = model.spec
   batch = text_ids.shape[0]
   num_tokens = spec.num_image_tokens
@@ -168,16 +185,17 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
       raise UserError("classifier-free guidance needs the empty caption ids")
     text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
   variables = {"params": params}
-  encoded, text_mask = model.apply(variables, text_ids, method=Model.encode_text)
-  cache = model.apply(variables, encoded, text_mask, method=Model.init_cache)
+  cache = model.apply(variables, text_ids, method="prefill")
 
   def step(carry, position):
     token, cache = carry
     inputs = jnp.concatenate([token, token]) if guided else token
-    logits, cache = model.apply(variables, inputs, position, cache, method=Model.decode_step)
+    logits, cache = model.apply(variables, inputs, position, cache, method="decode_step")
     logits = next_token_logits(logits, batch, guided, options, position, num_tokens)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
     nxt = pick_tokens(logits, step_keys, options)
+    if keep is not None:
+      nxt = jnp.where(keep[:, position], known[:, position], nxt)
     return (nxt, cache), nxt
 
   bos = jnp.full((batch,), spec.image_bos_id, jnp.int32)
@@ -187,7 +205,7 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
 
 
 def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: SamplingOptions,
-                                 empty_caption=None):
+                                 empty_caption=None, known=None, keep=None):
   """The same sampler without any cache: every step re-runs the full forward
   (text encoder included) on the whole static-length sequence. The reference
   the cached sampler is checked and benchmarked against."""
@@ -205,6 +223,8 @@ def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: Samp
     logits = next_token_logits(logits, batch, options.guided, options, position, num_tokens)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
     nxt = pick_tokens(logits, step_keys, options)
+    if keep is not None:
+      nxt = jnp.where(keep[:, position], known[:, position], nxt)
     return jax.lax.dynamic_update_index_in_dim(tokens, nxt, position, axis=1), None
 
   tokens = jnp.zeros((batch, num_tokens), jnp.int32)
@@ -213,27 +233,35 @@ def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: Samp
 
 
 def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached: bool = True,
-                 mesh=None, param_shardings=None, logical_axis_rules=None):
-  """Returns jitted `fn(params, text_ids, keys) -> tokens`.
+                 edit: bool = False, mesh=None, param_shardings=None, logical_axis_rules=None):
+  """Returns jitted `fn(params, text_ids, keys) -> tokens`, the model family's
+  sampler (vlgen_jax/tasks/families.py); with `edit`, `fn(params, text_ids,
+  keys, known, keep)` regenerates only the tokens where `keep` is False.
 
   With a `mesh`, the batch is sharded over the data-parallel axes and params
   keep `param_shardings` (as trained), so a model larger than one device
   samples too; the batch must be a multiple of the data-parallel size (the
   caller pads, see `pad_batch`).
   """
+  from vlgen_jax.tasks.families import get_family
   options.validate()
-  fn = sample_tokens if cached else sample_tokens_full_recompute
-  fn = functools.partial(fn, model, options=options,
+  fn = functools.partial(get_family(model.spec.family).sample_function(cached), model,
+                         options=options,
                          empty_caption=None if empty_caption is None else np.asarray(empty_caption))
+  if edit:
+    inner = fn
+    fn = lambda params, text_ids, keys, known, keep: inner(params, text_ids, keys, known=known,
+                                                           keep=keep)
   if mesh is None:
     return jax.jit(fn)
   from vlgen_jax.train import sharding
   rows = sharding.batch_sharding(mesh)
-  jitted = jax.jit(fn, in_shardings=(param_shardings, rows, rows), out_shardings=rows)
+  args = (param_shardings, rows, rows) + ((rows, rows) if edit else ())
+  jitted = jax.jit(fn, in_shardings=args, out_shardings=rows)
 
-  def run(params, text_ids, keys):
+  def run(params, *rest):
     with sharding.mesh_context(mesh, logical_axis_rules or ()):
-      return jitted(params, text_ids, keys)
+      return jitted(params, *rest)
   return run
 
 

@@ -38,15 +38,17 @@ def drop_captions(text_ids, rng, rate: float, empty_caption):
 
 
 class TextToImageTask(Task):
-  """Text encoder + causal image-token decoder trained with next-token loss."""
+  """Caption -> image tokens; the model and objective come from the run's
+  family (`config.model.family`, vlgen_jax/tasks/families.py)."""
 
   handles_remat = True  # nn.remat inside nn.scan, from config.remat
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    from vlgen_jax.model.t2i import Model
+    from vlgen_jax.tasks.families import get_family
     self.spec = ModelSpec.from_config(config)
-    self.model = Model(self.spec)
+    self.family = get_family(self.spec.family)
+    self.model = self.family.build_model(self.spec)
     self.z_loss = float(config.model.z_loss)
     self.cond_dropout = float(config.model.cond_dropout)
     if not 0.0 <= self.cond_dropout <= 1.0:
@@ -169,16 +171,12 @@ class TextToImageTask(Task):
 
   def loss(self, params, model_state, batch: dict, rng, *, train: bool):
     import jax
-    from vlgen_jax.tasks.losses import token_cross_entropy
     text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
-    rngs = {}
-    if train:
-      cond_rng, dropout_rng = jax.random.split(rng)
-      if self.cond_dropout > 0:
-        text_ids = drop_captions(text_ids, cond_rng, self.cond_dropout, self.empty_caption)
-      rngs = {"dropout": dropout_rng}
-    logits = self.model.apply({"params": params}, text_ids, image_tokens, train=train, rngs=rngs)
-    loss, metrics = token_cross_entropy(logits, image_tokens, z_loss=self.z_loss)
+    cond_rng, model_rng = jax.random.split(rng)
+    if train and self.cond_dropout > 0:
+      text_ids = drop_captions(text_ids, cond_rng, self.cond_dropout, self.empty_caption)
+    loss, metrics = self.family.loss(self.model, params, text_ids, image_tokens, model_rng,
+                                     train=train, z_loss=self.z_loss)
     return loss, (metrics, model_state)
 
   # ---- evaluation ----------------------------------------------------------

@@ -12,6 +12,10 @@ from vlgen_jax.train.defaults import trainer_config
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """`config.model` fields of the text-to-image model (see vlgen_jax/model/spec.py)."""
   m = ml_collections.ConfigDict({
+      # How image tokens are generated (vlgen_jax/tasks/families.py): "encdec"
+      # (AR decoder with cross-attention), "masked" (MaskGIT parallel
+      # decoding), "decoder_only" (caption prefix, one causal stack).
+      "family": "encdec",
       # Vocabularies and sequence shapes.
       "text_vocab_size": 16384,   # SentencePiece pieces; padded to a multiple of 128 inside.
       "text_length": 128,         # text ids per caption (BOS .. EOS, then pad).
