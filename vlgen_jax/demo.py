@@ -56,9 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--data", default=None,
                       help="your data: DIR with train/ (and optionally validation/), each "
                            "captions.tsv + images or *.tar shards (default: shapes)")
-  parser.add_argument("--resolution", type=int, default=64, help="with --data: image size (px)")
-  parser.add_argument("--budget", default="quick",
-                      help="with --data: quick (~15 min on a 2-core CPU for ~5k images) or full")
+  parser.add_argument("--resolution", type=int, default=None,
+                      help="with --data: image size in px (default 64)")
+  parser.add_argument("--budget", default=None,
+                      help="with --data: quick (default; ~15 min on a 2-core CPU for ~5k "
+                           "images) or full")
   parser.add_argument("--config", default="configs/demo_quickstart.py",
                       help="shapes demo recipe (default: the quick start); --config.key=value "
                            "overrides (with --data: of the derived recipe)")
@@ -153,7 +155,8 @@ def _own_recipe(args, workdir: str):
   """The recipe for --data, checked against one a previous run recorded."""
   from vlgen_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
   from vlgen_jax.config import apply_override  # pylint: disable=g-import-not-at-top
-  c = recipe_lib.build(args.data, resolution=args.resolution, budget=args.budget)
+  c = recipe_lib.build(args.data, resolution=64 if args.resolution is None else args.resolution,
+                       budget=args.budget or "quick")
   for item in args.config_overrides:
     apply_override(c, item)
   path = os.path.join(workdir, RECIPE_FILE)
@@ -197,6 +200,9 @@ def run(args) -> int:
   from vlgen_jax.config import load_config
   workdir = os.path.abspath(args.workdir)
   own = args.data is not None
+  if not own and (args.resolution is not None or args.budget is not None):
+    raise UserError("--resolution and --budget apply to --data (the shapes demo's recipe is "
+                    "--config)")
   all_stages = OWN_STAGES if own else STAGES
   stages = [s.strip() for s in args.stages.split(",") if s.strip() and not (own and s == "data")]
   redo = {s.strip() for s in args.redo.split(",") if s.strip()}
