@@ -29,7 +29,6 @@ def get_config(arg: str = ""):
   c.log_every = 100
   c.eval_every = 5000
   c.checkpoint_every = 5000
-  c.vq_eval.fidelity = False
   c.data.source = "tar"
   c.data.resolution = 256
   c.data.read_threads = 16

@@ -34,7 +34,6 @@ def get_config(arg: str = ""):
   c.eval_steps = 4
   c.checkpoint_every = 500
   c.vq_eval.num_examples = 200
-  c.vq_eval.fidelity = False  # a shapes-only metric
   c.data.source = "folder"
   c.data.data_dir = ""  # set on the command line
   c.data.resolution = 64

@@ -263,6 +263,10 @@ def run(args) -> int:
     print(f"  {k:<10} {v:8.1f} s")
   if "eval" in summary:
     e = summary["eval"]
+    if "t2i" in e:
+      print(f"  t2i {c.eval.split} loss {e['t2i']['loss']:.3f} nats/token "
+            f"({e['t2i']['bits_per_token']:.3f} bits)"
+            + (f"; VQ reconstruction PSNR {e['vq']['psnr']:.2f} dB" if "vq" in e else ""))
     if "retrieval" in e:
       r = e["retrieval"]
       print(f"  retrieval on {r['n']} {c.eval.split} captions (nearest of R={r['R']} at "
