@@ -67,7 +67,7 @@ def _script_env(tmp_path: pathlib.Path) -> dict:
 def test_launch_has_the_documented_scripts():
   names = {p.name for p in SCRIPTS}
   assert {"_env.sh", "multiprocess_local.sh", "tpu_pod.sh", "slurm_gpu.sbatch",
-          "quickstart.sh", "test.sh"} <= names
+          "quickstart.sh", "own_data.sh", "test.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

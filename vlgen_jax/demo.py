@@ -1,11 +1,25 @@
-"""`vlgen demo`: the whole pipeline on `shapes`, stage by stage, resumable.
+"""`vlgen demo`: the whole pipeline, stage by stage, resumable.
 
-  data → text tokenizer → VQ → encode → text-to-image → sample → eval
+  vlgen demo --workdir W                       the shapes quick start
+  vlgen demo --workdir W --data DIR [--resolution 64] [--budget quick|full]
+                                               your own captioned images
+
+  [data →] text tokenizer → VQ → encode → text-to-image → sample → eval
+
+With --data, DIR holds train/ and optionally validation/ (captions.tsv +
+images, or WebDataset *.tar shards; vlgen_jax/data/layout.py), and the
+recipe (VQ factor and codes, model size, steps) is derived from the data
+(vlgen_jax/recipe.py), printed and written to W/recipe.json before any
+stage runs; bad input is one error and nothing is written. There is no data
+stage (the data is read where it is), the sample stage draws the first
+validation captions (W/prompts.txt) and the eval stage reports retrieval
+accuracy instead of shapes fidelity.
 
 Each stage runs the same `vlgen` subcommand a user would run by hand, inside
 one process, writing into the demo workdir:
 
-  WORKDIR/data/                 shapes (TFDS ArrayRecord)
+  WORKDIR/data/                 shapes (TFDS ArrayRecord; not with --data)
+  WORKDIR/recipe.json           the recipe derived from --data
   WORKDIR/text_tokenizer.model  SentencePiece model
   WORKDIR/vq/                   VQ tokenizer run (vlgen train)
   WORKDIR/tokens/               VQ token dataset (vlgen encode)
@@ -27,16 +41,29 @@ import time
 
 from vlgen_jax.errors import UserError
 
-HELP = "run the whole pipeline on shapes (data → tokenizer → VQ → encode → t2i → sample → eval)"
+HELP = ("run the whole pipeline (tokenizer → VQ → encode → t2i → sample → eval) on your "
+        "images (--data DIR) or on shapes")
 
 STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "sample", "eval")
+OWN_STAGES = STAGES[1:]
 STATE_FILE = "demo.json"
+RECIPE_FILE = "recipe.json"
+PROMPTS_FILE = "prompts.txt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--data", default=None,
+                      help="your data: DIR with train/ (and optionally validation/), each "
+                           "captions.tsv + images or *.tar shards (default: shapes)")
+  parser.add_argument("--resolution", type=int, default=None,
+                      help="with --data: image size in px (default 64)")
+  parser.add_argument("--budget", default=None,
+                      help="with --data: quick (default; ~15 min on a 2-core CPU for ~5k "
+                           "images) or full")
   parser.add_argument("--config", default="configs/demo_quickstart.py",
-                      help="demo recipe (default: the quick start); --config.key=value overrides")
+                      help="shapes demo recipe (default: the quick start); --config.key=value "
+                           "overrides (with --data: of the derived recipe)")
   parser.add_argument("--stages", default=",".join(STAGES),
                       help="comma-separated subset of stages to run (others must be done)")
   parser.add_argument("--redo", default="", help="comma-separated stages to run again")
@@ -86,6 +113,62 @@ def _overrides(items) -> list[str]:
   return [f"--config.{item}" for item in items]
 
 
+def own_stage_commands(c, w: dict[str, str]) -> dict[str, list]:
+  """The `vlgen` command of each stage for --data (what a user would type)."""
+  d = c.data
+  flag = "--folder" if d.source == "folder" else "--tar"
+  splits = (f"train={d.train_split},validation={d.validation_split}"
+            if d.validation_held_out else "train,validation")
+  return {
+      "tokenizer": ["text-tokenizer", flag, d.data_dir, "--split", d.train_split,
+                    "--vocab-size", c.text_vocab_size, "--output", w["tokenizer"]],
+      "vq": ["train", "--config", c.vq.config, "--workdir", w["vq"], *_overrides(c.vq.overrides)],
+      "encode": ["encode", "--workdir", w["vq"], "--output", w["tokens"], "--splits", splits],
+      "t2i": ["train", "--config", c.t2i.config, "--workdir", w["t2i"],
+              f"--config.data.data_dir={w['tokens']}",
+              f"--config.data.tokenizer={w['tokenizer']}", *_overrides(c.t2i.overrides)],
+      "sample": ["sample", "--workdir", w["t2i"], "--outdir", w["samples"],
+                 "--prompts", w["prompts"], "--num-per-prompt", c.sample.num_per_prompt,
+                 "--seed", c.seed],
+      "eval": ["eval", "--workdir", w["t2i"], "--split", c.eval.split, "--num", c.eval.num,
+               "--report", w["eval"], "--seed", c.seed],
+  }
+
+
+def _write_prompts(c, w) -> None:
+  """The first validation captions of the token dataset, and the empty one."""
+  from vlgen_jax.data import token_records  # pylint: disable=g-import-not-at-top
+  source = token_records.TokenRecordSource(w["tokens"], "validation")
+  captions = [token_records.decode_token_record(source[i])[1]
+              for i in range(min(int(c.sample.num_prompts), len(source)))]
+  _write_atomic(w["prompts"], "".join(f"{p}\n" for p in [*captions, ""]))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _own_recipe(args, workdir: str):
+  """The recipe for --data, checked against one a previous run recorded."""
+  from vlgen_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.config import apply_override  # pylint: disable=g-import-not-at-top
+  c = recipe_lib.build(args.data, resolution=64 if args.resolution is None else args.resolution,
+                       budget=args.budget or "quick")
+  for item in args.config_overrides:
+    apply_override(c, item)
+  path = os.path.join(workdir, RECIPE_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    if before != json.loads(recipe_lib.to_json(c)):
+      raise UserError(f"{workdir} holds a demo of another recipe ({path}); use a new "
+                      "--workdir, or the same --data/--resolution/--budget to resume")
+  return c
+
+
 def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
   """The `vlgen` command of each stage (what a user would type)."""
   dataset = (f"shapes/res{c.resolution}_train{c.train_size}_val{c.validation_size}"
@@ -115,24 +198,35 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
 
 def run(args) -> int:
   from vlgen_jax.config import load_config
-  c = load_config(args.config, args.config_overrides)
   workdir = os.path.abspath(args.workdir)
-  os.makedirs(workdir, exist_ok=True)
-  stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+  own = args.data is not None
+  if not own and (args.resolution is not None or args.budget is not None):
+    raise UserError("--resolution and --budget apply to --data (the shapes demo's recipe is "
+                    "--config)")
+  all_stages = OWN_STAGES if own else STAGES
+  stages = [s.strip() for s in args.stages.split(",") if s.strip() and not (own and s == "data")]
   redo = {s.strip() for s in args.redo.split(",") if s.strip()}
   for s in [*stages, *redo]:
-    if s not in STAGES:
-      raise UserError(f"unknown demo stage {s!r}; stages are {', '.join(STAGES)}")
+    if s not in all_stages:
+      raise UserError(f"unknown demo stage {s!r}; stages are {', '.join(all_stages)}")
+  # Every check (data layout, budget, resolution) before anything is written.
+  c = _own_recipe(args, workdir) if own else load_config(args.config, args.config_overrides)
   w = {"data": os.path.join(workdir, "data"),
        "tokenizer": os.path.join(workdir, "text_tokenizer.model"),
+       "prompts": os.path.join(workdir, PROMPTS_FILE),
        **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "samples", "eval")}}
-  commands = stage_commands(c, w)
+  commands = own_stage_commands(c, w) if own else stage_commands(c, w)
+  os.makedirs(workdir, exist_ok=True)
+  if own:
+    from vlgen_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+    print(recipe_lib.describe(c), flush=True)
+    _write_atomic(os.path.join(workdir, RECIPE_FILE), recipe_lib.to_json(c))
   state = _load_state(workdir)
   state["recipe"] = c.to_dict()
   # `vlgen sample/eval --workdir DEMO` find the runs here (vlgen_jax/runs.py).
   state["runs"] = {"t2i": w["t2i"], "vq": w["vq"]}
   total = time.perf_counter()
-  for stage in STAGES:
+  for stage in all_stages:
     if stage not in stages:
       continue
     done = state["stages"].get(stage, {}).get("done")
@@ -141,6 +235,8 @@ def run(args) -> int:
       continue
     print(f"[demo] {stage}: vlgen {' '.join(str(a) for a in commands[stage])}", flush=True)
     start = time.perf_counter()
+    if own and stage == "sample":
+      _write_prompts(c, w)
     _vlgen(*commands[stage])
     seconds = time.perf_counter() - start
     if stage in TRAINING_STAGES:
@@ -167,6 +263,14 @@ def run(args) -> int:
     print(f"  {k:<10} {v:8.1f} s")
   if "eval" in summary:
     e = summary["eval"]
+    if "t2i" in e:
+      print(f"  t2i {c.eval.split} loss {e['t2i']['loss']:.3f} nats/token "
+            f"({e['t2i']['bits_per_token']:.3f} bits)"
+            + (f"; VQ reconstruction PSNR {e['vq']['psnr']:.2f} dB" if "vq" in e else ""))
+    if "retrieval" in e:
+      r = e["retrieval"]
+      print(f"  retrieval on {r['n']} {c.eval.split} captions (nearest of R={r['R']} at "
+            f"{r['size']} px): top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f}")
     for name, v in e.items():
       if isinstance(v, dict) and "fidelity" in v:
         print(f"  {name} fidelity on {v['n']} {c.eval.split} captions: {v['fidelity']:.3f} "

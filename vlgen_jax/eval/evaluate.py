@@ -14,6 +14,7 @@ from tqdm import tqdm
 from vlgen_jax.data import pipeline, token_records
 from vlgen_jax.errors import UserError
 from vlgen_jax.eval import report as report_lib
+from vlgen_jax.eval import retrieval
 from vlgen_jax.runs import t2i_config
 from vlgen_jax.sample.generator import Generator
 from vlgen_jax.sample.outputs import SAMPLE_INFO, read_prompts_file, write_outputs
@@ -128,6 +129,13 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
             disable=jax.process_index() != 0) as bar:
     images, _ = gen.generate(captions, options, seed=seed, batch_size=batch_size,
                              progress=bar.update)
+  if tokens is not None:
+    # Retrieval (eval/retrieval.py) against the split's own tokens decoded by
+    # the run's VQ: the images the model was trained to draw. They exist
+    # whenever the run does (the real images may have moved) and leave out
+    # what the VQ cannot reconstruct, which is not the t2i model's to fix
+    # (that is metrics["vq"]).
+    references = gen.vq.decode_uint8(tokens.reshape(len(tokens), *gen.spec.image_grid))
   if jax.process_index() != 0:
     return None
   source = f"prompts-{os.path.basename(prompts_file)}" if prompts_file else split
@@ -138,6 +146,8 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})
+  if tokens is not None:
+    metrics["retrieval"] = retrieval.retrieval_accuracy(images, references)
   return report_lib.write_report(report, images, captions, names, {**metrics,
       "split": None if prompts_file else split, "prompts": prompts_file,
       "step": gen.step, "cfg_scale": options.cfg_scale,

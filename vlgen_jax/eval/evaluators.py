@@ -5,7 +5,8 @@ nothing but the images and captions (no model of the run): the `shapes`
 detector is one. A t2i run lists the evaluators that apply to its data in
 `config.evaluators`; `vlgen eval` and the in-training sample evaluation run
 them. Dataset-agnostic metrics (loss, bits per token, reconstruction PSNR,
-retrieval) live in `vlgen_jax/eval/metrics.py` and need no registration.
+retrieval) live in `vlgen_jax/eval/evaluate.py` and `vlgen_jax/eval/retrieval.py` and
+need no registration.
 
 Protocol (duck-typed; see `vlgen_jax/shapes/evaluator.py`):
   name: str

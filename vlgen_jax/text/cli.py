@@ -3,10 +3,15 @@
     vlgen text-tokenizer --dataset shapes --data-dir D --vocab-size 256 --output tok.model
     vlgen text-tokenizer --dataset coco_captions --caption-key captions/text ...
     vlgen text-tokenizer --text-file captions.txt --vocab-size 32000 --output tok.model
+    vlgen text-tokenizer --folder DIR [--split train[:95%]] --vocab-size 256 --output tok.model
+    vlgen text-tokenizer --tar DIR ...
 
 Captions come from a TFDS dataset split (any caption feature; one holding
-several captions per example contributes all of them) or a UTF-8 text file
-with one caption per line. Empty and non-UTF-8 captions are skipped and
+several captions per example contributes all of them), a UTF-8 text file
+with one caption per line, or a split of an image dataset of your own:
+`--folder DIR` (captions.tsv + images) or `--tar DIR` (WebDataset shards),
+where DIR holds one subfolder per split or is the train split itself (as
+data.source=folder|tar reads them; images are not opened). Empty and non-UTF-8 captions are skipped and
 counted. `--dataset shapes` builds the shapes dataset in --data-dir on first
 use (default size; pass a full name such as shapes/res64_train50000_val2000_heldout2000
 for another config).
@@ -23,8 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument("--dataset", help="TFDS dataset name (incl. config), e.g. shapes or coco_captions")
   src.add_argument("--text-file", help="UTF-8 text file, one caption per line")
+  src.add_argument("--folder", help="image folder dataset (captions.tsv), as data.source=folder")
+  src.add_argument("--tar", help="WebDataset tar shards (KEY.txt captions), as data.source=tar")
   parser.add_argument("--data-dir", default="", help="TFDS data_dir (for shapes: where it is built)")
-  parser.add_argument("--split", default="train", help="split to read captions from (default: train)")
+  parser.add_argument("--split", default="train",
+                      help="split to read captions from, slices allowed (default: train)")
   parser.add_argument("--caption-key", default="caption",
                       help="caption feature, nested with / (default: caption)")
   parser.add_argument("--vocab-size", type=int, required=True,
@@ -63,10 +71,14 @@ def _dataset_captions(args, counter: _Counter) -> Iterator[str]:
   """Opens the split now (errors before any progress bar); yields lazily."""
   from vlgen_jax.data import decode, pipeline  # pylint: disable=g-import-not-at-top
   from vlgen_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  name = args.dataset
   cfg = pipeline.default_data_config()
-  cfg.source = "tfds"
-  cfg.name, cfg.data_dir, cfg.image_key, cfg.caption_key = name, args.data_dir, "", args.caption_key
+  if args.dataset:
+    cfg.source = "tfds"
+    cfg.name, cfg.data_dir, cfg.image_key, cfg.caption_key = (
+        args.dataset, args.data_dir, "", args.caption_key)
+  else:
+    cfg.source = "folder" if args.folder else "tar"
+    cfg.data_dir = args.folder or args.tar
   source = pipeline.make_source(cfg, args.split)
 
   def generate():
@@ -97,7 +109,7 @@ def run(args) -> int:
     what = args.text_file
   else:
     captions = _dataset_captions(args, counter)
-    what = f"{args.dataset} {args.split}"
+    what = f"{args.dataset or args.folder or args.tar} {args.split}"
 
   def counted() -> Iterator[str]:
     with tqdm(desc=f"captions of {what}", unit=" captions") as bar:

@@ -410,6 +410,46 @@ def _restore_tree(path: epath.Path, shardings, subtree: str | None) -> PyTree:
   return restored[subtree] if subtree is not None else restored
 
 
+def parse_init_from(spec: str) -> tuple[str, int | None]:
+  """`RUN` or `RUN:STEP` -> (RUN, STEP or None)."""
+  run, sep, tail = str(spec).rpartition(":")
+  if sep and tail.isdigit() and run:
+    return run, int(tail)
+  return str(spec), None
+
+
+def load_init_params(spec: str, abstract_params: PyTree, shardings) -> PyTree:
+  """The params of `config.init_from` (`RUN[:STEP]`) placed on `shardings`,
+  after checking them against `abstract_params` (the config's model): a
+  mismatch is one UserError naming the first mismatched param."""
+  run, step = parse_init_from(spec)
+  root = workdir_path(run)
+  steps, exported = checkpoint_steps(run), export_step(run)
+  if not root.is_dir() or (not steps and exported is None):
+    raise UserError(f"config.init_from={spec}: no trained run (checkpoints or export) in {run}")
+  if step is None:
+    use_export = exported is not None and (not steps or exported >= steps[-1])
+    step = exported if use_export else steps[-1]
+  elif step in steps:
+    use_export = False
+  elif step == exported:
+    use_export = True
+  else:
+    raise UserError(f"config.init_from={spec}: no checkpoint for step {step} in {run} "
+                    f"(have: {steps or 'none'}{f', export {exported}' if exported else ''})")
+  path = root / EXPORT / "params" if use_export else root / CHECKPOINTS / str(step) / STATE_ITEM
+  saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
+  if not use_export:
+    saved = saved["params"]
+  problems = compare_trees(saved, abstract_params)
+  if problems:
+    raise UserError(f"config.init_from={spec} (step {step}) does not fit this config's model: "
+                    f"{problems[0]}" + (f" (and {len(problems) - 1} more)"
+                                        if len(problems) > 1 else ""))
+  return (_restore_tree(path, shardings, None) if use_export
+          else _restore_tree(path, shardings, "params"))
+
+
 def load_train_state(workdir, step: int, shardings=None) -> dict:
   """The whole saved TrainState of checkpoint `step` as a dict (step, params,
   opt_state, model_state, rng, skipped_steps), e.g. to inspect a run;

@@ -42,6 +42,12 @@ def trainer_config() -> ml_collections.ConfigDict:
   c.max_to_keep = 3
   c.async_checkpointing = True
 
+  # Fine-tuning: "RUN" or "RUN:STEP" starts a new run (empty workdir) from
+  # that run's params (its export, or checkpoint STEP); the optimizer state,
+  # data iterator and step start fresh. Shapes must match the config's. A
+  # workdir that has checkpoints resumes from them instead.
+  c.init_from = ""
+
   # Input splits (names the Task understands) and the eval batch size
   # (0 = batch_size).
   c.train_split = "train"

@@ -109,9 +109,17 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
     restored_step, state = checkpointer.restore_latest(
         shd.with_shardings(abstract_state, state_shardings), train_iter)
     if restored_step is None:
+      # Fine-tuning: only the params come from the other run (checked
+      # against the config's shapes before anything compiles); the optimizer
+      # state built from fresh params is the same zeros either way.
+      init_params = (ckpt_lib.load_init_params(config.init_from, abstract_state.params,
+                                               param_shardings)
+                     if config.init_from else None)
       example_batch = shd.global_batch(example, mesh, batch_size)
       key = jax.random.PRNGKey(int(config.seed))
       state = jax.jit(init_fn, out_shardings=state_shardings)(key, example_batch)
+      if init_params is not None:
+        state = state.replace(params=init_params)
     start = int(jax.device_get(state.step))
     # Only now: a config rejected above must not replace the run's record.
     ckpt_lib.save_config(workdir, config)
@@ -178,7 +186,9 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
     return state
 
   writer.text(f"training steps {start + 1}..{total} on {mesh.devices.size} devices "
-              f"mesh {dict(mesh.shape)}" + (f", resumed from step {start}" if start else ""))
+              f"mesh {dict(mesh.shape)}" + (f", resumed from step {start}" if start else
+                                            f", params from {config.init_from}"
+                                            if config.init_from else ""))
   skipped_before = int(jax.device_get(state.skipped_steps))
   timer_start, timed_steps = time.perf_counter(), 0
   step = start

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="config whose `data` section names the dataset to encode "
                            "(default: the tokenizer run's own config); accepts --config.data.*=")
   parser.add_argument("--splits", default="train,validation",
-                      help="comma-separated splits to encode (default: train,validation)")
+                      help="comma-separated splits to encode (default: train,validation); "
+                           "NAME=SPLIT writes SPLIT as NAME, e.g. "
+                           "train=train[:95%%],validation=train[95%%:]")
   parser.add_argument("--batch-size", type=int, default=256,
                       help="images per global batch (rounded up to a multiple of the devices)")
   parser.add_argument("--num-shards", type=int, default=4,
@@ -202,10 +204,17 @@ def run(args) -> int:
           "data": {"source": data.source, "name": data.get("name", ""),
                    "data_dir": data.get("data_dir", "")}}
   summary = {}
-  for split in splits:
+  named = []
+  for item in splits:
+    name, eq, split = item.partition("=")
+    # "train[:1000]" is written as split "train"; "validation=train[95%:]" as "validation".
+    named.append((name.strip(), split.strip()) if eq else (sources.parse_split(item)[0], item))
+  names = [n for n, _ in named]
+  if len(set(names)) != len(names):
+    raise UserError(f"--splits writes a split twice: {', '.join(names)} "
+                    "(name slices of one split with NAME=SPLIT)")
+  for split_name, split in named:
     source = pipeline.make_source(data, split)
-    # "train[:1000]" is written as split "train".
-    split_name = sources.parse_split(split)[0]
     writer = token_records.TokenRecordWriter(
         args.output, split_name, args.num_shards, meta,
         process_index=pindex, process_count=pcount)
