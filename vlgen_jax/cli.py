@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from vlgen_jax import errors
 from vlgen_jax.errors import UserError
 from vlgen_jax.config import split_config_overrides
 
@@ -62,6 +64,21 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:
+    # Only errors the OS reported (with an errno): a bad path or permission is
+    # the user's to fix (2), a full disk or I/O failure the machine's (1).
+    # Anything else is a bug and keeps its traceback.
+    if e.errno is None:
+      raise
+    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
+    code = 2 if e.errno in errors.USER_ERRNOS else 1
+    if getattr(e, "abandoned_threads", False):
+      # Background writers (Orbax) still hold the failed I/O; a normal exit
+      # would print each of their tracebacks while tearing them down.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)  # pylint: disable=protected-access
+    return code
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130

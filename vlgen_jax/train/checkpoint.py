@@ -24,9 +24,12 @@ shapes is a `UserError` naming the first mismatched path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Iterator
@@ -107,7 +110,8 @@ class Checkpointer:
         STATE_ITEM: ocp.args.StandardSave(state.to_dict()),
         DATA_ITEM: gc.CheckpointSave(data_iter),
     })
-    return self.manager.save(step, args=args, force=True)
+    with _storage_errors():  # a previous async save's failure shows here
+      return self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, target: TrainState, data_iter: Iterator) -> TrainState:
     """Restores `step` onto `target`'s shardings (ShapeDtypeStructs) and sets
@@ -213,10 +217,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
-    self.manager.wait_until_finished()
+    with _storage_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    with _storage_errors():
+      self.manager.close()
 
 
 def warn(message: str) -> None:
@@ -235,10 +241,66 @@ def _describe(e: BaseException | str, limit: int = 200, strip: str = "") -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# TensorStore reports an OS error inside its message: `... Failed writing:
+# "PATH": ... [os_error_code='28']`.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_FAILED_PATH = re.compile(r'Failed (?:writing|to write|opening|reading)[^"]*"([^"]+)"')
+
+
+def storage_os_error(e: BaseException) -> OSError | None:
+  """The OSError (errno, path) behind a failed Orbax/TensorStore write, if
+  the failure came from the OS (disk full, read-only, permission...)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    code = _OS_ERROR_CODE.search(str(e))
+    if code:
+      path = _FAILED_PATH.search(str(e))
+      number = int(code.group(1))
+      return OSError(number, os.strerror(number), path.group(1) if path else None)
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _DropStorageErrorLogs(logging.Filter):
+  """Orbax's background threads log each failed write (and asyncio each
+  unretrieved one) with a traceback; the same failure is raised in the main
+  thread at the next save or wait and reported there as one line."""
+
+  def filter(self, record):
+    return not _OS_ERROR_CODE.search(record.getMessage() + str(record.exc_info and record.exc_info[1]))
+
+
+_LOG_FILTER = _DropStorageErrorLogs()
+
+
+@contextlib.contextmanager
+def _storage_errors():
+  """Re-raises an OS-level failure of a checkpoint write as that OSError
+  (`vlgen` prints it as one line); other errors pass unchanged."""
+  for name in ("asyncio", "absl"):
+    if _LOG_FILTER not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_LOG_FILTER)
+  _ignore_abandoned_reads()  # failed writes end in the same closed-loop callbacks
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless it is the OS's)
+    error = storage_os_error(e)
+    if error is None or error is e:
+      raise
+    # Orbax's threads still hold the failed writes; the process should exit
+    # without running their teardown (see vlgen_jax/cli.py).
+    error.abandoned_threads = True
+    raise error from e
+
+
 def _ignore_abandoned_reads() -> None:
   """When a restore fails part-way (damaged files), TensorStore still
   completes the reads Orbax gave up on, and their callbacks hit Orbax's closed
-  event loop; Python would print each as an "Exception ignored" traceback.
+  event loop; Python would print each as an "Exception ignored" traceback
+  (failed writes do the same).
   Drops exactly those (installed once, before the first restore attempt)."""
   if getattr(sys.unraisablehook, "_vlgen", False):
     return
@@ -310,8 +372,12 @@ def save_config(workdir, config: ml_collections.ConfigDict, name: str = "config.
   root = workdir_path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   tmp = root / (name + ".tmp")
-  tmp.write_text(config.to_json(indent=2, sort_keys=True))
-  tmp.replace(root / name)
+  try:
+    tmp.write_text(config.to_json(indent=2, sort_keys=True))
+    tmp.replace(root / name)
+  finally:
+    if tmp.exists():  # a failed write (e.g. disk full) leaves no litter
+      tmp.unlink()
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

@@ -6,6 +6,7 @@ task.py) supplies the model, loss and input; everything else lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from vlgen_jax import locks
 from vlgen_jax.train import checkpoint as ckpt_lib
 from vlgen_jax.train import mesh as mesh_lib
 from vlgen_jax.train import metrics as metrics_lib
@@ -52,9 +54,18 @@ def abstract_train_state(task, config, mesh, rules, key, example_abstract):
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
           ) -> step_lib.TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and
-  returns the final state. Stops early, after saving, on SIGTERM/SIGINT."""
+  returns the final state. Stops early, after saving, on SIGTERM/SIGINT.
+  Holds the workdir's lock (vlgen_jax/locks.py) throughout: a second run on
+  the same workdir is a UserError naming this one."""
   # ---- checks (before anything compiles) ----------------------------------------
   validation.check_config(config)
+  locks.check_dir_arg(workdir, "--workdir")
+  # Only process 0 locks: all processes of one run share the workdir.
+  with locks.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train(config, workdir, devices)
+
+
+def _train(config, workdir, devices):
   task = build_task(config)
 
   # ---- mesh ----------------------------------------------------------------------
