@@ -68,6 +68,7 @@ class FileLock:
 
   def acquire(self) -> "FileLock":
     parent = os.path.dirname(os.path.abspath(self.path))
+    self._created = None if os.path.isdir(parent) else parent
     os.makedirs(parent, exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -118,6 +119,11 @@ class FileLock:
       pass
     os.close(self._fd)  # drops the flock
     self._fd = None
+    if self._created:  # a run that stopped before writing anything leaves no folder
+      try:
+        os.rmdir(self._created)
+      except OSError:
+        pass
 
   def __enter__(self) -> "FileLock":
     return self.acquire()

@@ -2,7 +2,8 @@
 params-only export for sampling.
 
 Layout under WORKDIR:
-  config.json                 the run's config (written at start)
+  config.json                 the run's config (written at its first start)
+  config_history/<n>-step<s>.json  the config of each start (n-th, at step s)
   checkpoints/<step>/state    TrainState (Orbax PyTree: step, params, opt_state,
                               model_state, rng, skipped_steps)
   checkpoints/<step>/data     Grain iterator state, one JSON file per process
@@ -372,12 +373,41 @@ def save_config(workdir, config: ml_collections.ConfigDict, name: str = "config.
   root = workdir_path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   tmp = root / (name + ".tmp")
+  tmp.parent.mkdir(parents=True, exist_ok=True)
   try:
     tmp.write_text(config.to_json(indent=2, sort_keys=True))
     tmp.replace(root / name)
   finally:
     if tmp.exists():  # a failed write (e.g. disk full) leaves no litter
       tmp.unlink()
+
+
+CONFIG_HISTORY = "config_history"
+
+
+def record_config(workdir, config: ml_collections.ConfigDict, start_step: int) -> str | None:
+  """Records this start's config: `config.json` is the run's first config
+  (written once, never replaced), and every start adds
+  `config_history/<n>-step<start>.json`. Returns the changed top-level
+  fields against config.json, comma-separated, if any (process 0 only)."""
+  if jax.process_index() != 0:
+    return None
+  root = workdir_path(workdir)
+  history = root / CONFIG_HISTORY
+  history.mkdir(parents=True, exist_ok=True)
+  n = len([p for p in history.iterdir() if p.name.endswith(".json")])
+  save_config(workdir, config, f"{CONFIG_HISTORY}/{n:03d}-step{start_step}.json")
+  first = root / "config.json"
+  if not first.exists():
+    save_config(workdir, config)
+    return None
+  try:
+    before = json.loads(first.read_text())
+  except ValueError:
+    before = {}
+  now = json.loads(config.to_json())
+  changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+  return ", ".join(changed) or None
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
