@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from vlgen_jax import errors
 from vlgen_jax.errors import UserError
@@ -59,6 +61,17 @@ def main(argv=None) -> int:
   args.config_overrides = overrides
   if overrides and not hasattr(args, "config"):
     parser.error(f"{args.command} takes no --config.* overrides")
+  # Commands that stop cleanly at a step or batch install their own handlers.
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+  try:
+    return _run(args)
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
   try:
     return int(args._module.run(args) or 0)
   except UserError as e:
@@ -82,6 +95,14 @@ def main(argv=None) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except errors.Terminated:
+    print("stopped by SIGTERM", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise errors.Terminated()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
       "vq": ["train", "--config", c.vq.config, "--workdir", w["vq"],
              *_overrides(data_overrides), *_overrides(c.vq.overrides)],
       "encode": ["encode", "--workdir", w["vq"], "--output", w["tokens"],
-                 "--splits", "train,validation,heldout"],
+                 "--splits", "train,validation,heldout", "--overwrite"],
       "t2i": ["train", "--config", c.t2i.config, "--workdir", w["t2i"],
               f"--config.data.data_dir={w['tokens']}",
               f"--config.data.tokenizer={w['tokenizer']}", *_overrides(c.t2i.overrides)],

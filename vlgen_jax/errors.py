@@ -36,3 +36,8 @@ def describe_os_error(e: OSError) -> str:
       text += f" -> {e.filename2}"
   hint = _HINTS.get(e.errno)
   return f"{text} ({hint})" if hint else text
+
+
+class Terminated(BaseException):
+  """SIGTERM outside a command's own stop handling: unwinds like Ctrl-C, so
+  `finally` blocks remove temporary outputs and release locks (vlgen_jax/cli.py)."""
