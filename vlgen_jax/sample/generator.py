@@ -56,7 +56,10 @@ class Generator:
         lambda: model.init(jax.random.key(0), jnp.zeros((1, spec.text_length), jnp.int32),
                            jnp.zeros((1, spec.num_image_tokens), jnp.int32))["params"])
     shardings = sharding.logical_to_shardings(sharding.logical_specs(abstract), mesh, rules)
-    params = checkpoint.load_params(run, step, shardings)
+    if step is None:  # the newest usable export or checkpoint, as training restores
+      step, params = checkpoint.newest_usable_params(run, shardings)
+    else:
+      params = checkpoint.load_params(run, step, shardings)
     tokenizer_path = runs.tokenizer_of(run, config)
     tokenizer = TextTokenizer.from_file(tokenizer_path)
     if tokenizer.vocab_size > spec.text_vocab_size:
@@ -85,10 +88,12 @@ class Generator:
                                 logical_axis_rules=self.rules)
 
   def generate(self, prompts: Sequence[str], options, *, seed: int = 0, batch_size: int = 16,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               progress: Callable[[int], None] | None = None, first_index: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """One image per entry of `prompts` (repeat a prompt for several):
     returns (uint8 images (n, H, W, 3), tokens (n, N)). Image i uses key
-    (seed, i), so results do not depend on `batch_size`."""
+    (seed, first_index + i), so results do not depend on `batch_size`, and a
+    long run can be generated in pieces."""
     from vlgen_jax.sample import sampler
     dp = self.data_parallel_size
     batch_size = max(dp, -(-batch_size // dp) * dp)
@@ -98,13 +103,36 @@ class Generator:
     for start in range(0, len(prompts), batch_size):
       chunk = text[start:start + batch_size]
       padded, real = sampler.pad_batch(chunk, batch_size)
-      keys = sampler.image_keys(seed, start, batch_size)
+      keys = sampler.image_keys(seed, first_index + start, batch_size)
       out = self.to_host(fn(self.params, self.to_global(padded), self._global_keys(keys)))[:real]
       tokens.append(out)
       images.append(self.vq.decode_uint8(out.reshape(real, *self.spec.image_grid)))
       if progress:
         progress(real)
     return np.concatenate(images), np.concatenate(tokens)
+
+  def example_bytes(self) -> int:
+    """A rough upper bound of the device memory one image takes while it is
+    sampled and decoded (float32): self- and cross-attention caches of every
+    decoder layer, doubled for classifier-free guidance, the logits, and the
+    VQ decoder's activations (~64 channels at full resolution)."""
+    spec = self.spec
+    layers = int(self.config.model.decoder_layers)
+    caches = 2 * layers * (spec.num_image_tokens + spec.text_length) * int(spec.d_model)
+    logits = int(spec.image_vocab_size)
+    pixels = self.vq.resolution * self.vq.resolution * 64
+    return 4 * (2 * (caches + logits) + pixels)
+
+  def max_batch_size(self, budget_bytes: int | None = None) -> int:
+    """The largest batch (a multiple of the data-parallel size) whose
+    estimated memory fits in `budget_bytes` (default: half of a device's
+    memory limit where the backend reports one, else 2 GiB in all)."""
+    dp = self.data_parallel_size
+    if budget_bytes is None:
+      stats = self.mesh.devices.flat[0].memory_stats() or {}
+      # A batch is spread over the data-parallel devices (CPU: one host's RAM).
+      budget_bytes = stats["bytes_limit"] // 2 * dp if "bytes_limit" in stats else 2 << 30
+    return max(dp, budget_bytes // self.example_bytes() // dp * dp)
 
   # Multi-process: every process holds the whole (small) prompt batch; each
   # device takes its rows; outputs come back to every host.

@@ -411,11 +411,19 @@ def record_config(workdir, config: ml_collections.ConfigDict, start_step: int) -
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  """The config of a run: `export/config.json`, else `config.json`."""
+  """The config of a run: `export/config.json`, else `config.json` (a
+  damaged one is skipped with a warning)."""
   root = workdir_path(workdir)
+  problems = []
   for path in (root / EXPORT / "config.json", root / "config.json"):
     if path.exists():
-      return ml_collections.ConfigDict(json.loads(path.read_text()))
+      try:
+        return ml_collections.ConfigDict(json.loads(path.read_bytes().decode("utf-8")))
+      except (ValueError, TypeError) as e:  # incl. UnicodeDecodeError
+        problems.append(f"{path}: {_describe(e, 120)}")
+        warn(f"{path} is unusable ({_describe(e, 120)}); trying the next config")
+  if problems:
+    raise UserError(f"no usable config.json in {workdir} ({'; '.join(problems)})")
   raise UserError(f"no config.json in {workdir} (not a vlgen train workdir?)")
 
 
@@ -520,21 +528,49 @@ def load_train_state(workdir, step: int, shardings=None) -> dict:
 def load_params(workdir, step: int | None = None, shardings=None) -> PyTree:
   """Params only (no optimizer state) of a run, placed on `shardings`.
 
-  `step=None`: the newest of the export and the latest checkpoint; an int:
-  that checkpoint step. `shardings`: None (replicated on all devices), one
+  `step=None`: the newest usable of the export and the checkpoints (a damaged
+  one is skipped with a warning, as training's restore does); an int: that
+  checkpoint step. `shardings`: None (replicated on all devices), one
   `jax.sharding.Sharding` for every leaf, or a tree of them like the params.
   """
+  if step is None:
+    return newest_usable_params(workdir, shardings)[1]
   root = workdir_path(workdir)
   steps = checkpoint_steps(workdir)
-  exported = export_step(workdir)
-  if step is None:
-    if exported is not None and (not steps or exported >= steps[-1]):
-      return _restore_tree(root / EXPORT / "params", shardings, None)
-    if not steps:
-      raise UserError(f"no checkpoint or export in {workdir}")
-    step = steps[-1]
   if step not in steps:
-    if step == exported:
+    if step == export_step(workdir):
       return _restore_tree(root / EXPORT / "params", shardings, None)
     raise UserError(f"no checkpoint for step {step} in {workdir} (have: {steps or 'none'})")
   return _restore_tree(root / CHECKPOINTS / str(step) / STATE_ITEM, shardings, "params")
+
+
+def newest_usable_params(workdir, shardings=None) -> tuple[int, PyTree]:
+  """(step, params) of the newest export or checkpoint that reads back
+  cleanly. Unusable ones are skipped with a warning (and left in place: this
+  only reads); none usable is a UserError naming each one's problem."""
+  root = workdir_path(workdir)
+  candidates = [(s, root / CHECKPOINTS / str(s) / STATE_ITEM, "params", f"checkpoint step {s}")
+                for s in checkpoint_steps(workdir)]
+  try:
+    exported = export_step(workdir)
+  except (ValueError, KeyError, OSError) as e:  # a damaged meta.json
+    exported = None
+    warn(f"export in {root / EXPORT} is unusable ({_describe(e)}); trying the checkpoints")
+  if exported is not None:
+    # The export wins a tie: it is what the run handed on.
+    candidates.append((exported + 0.5, root / EXPORT / "params", None, f"export (step {exported})"))
+  if not candidates:
+    raise UserError(f"no checkpoint or export in {workdir}")
+  failures = []
+  for order, path, subtree, what in sorted(candidates, key=lambda c: c[0], reverse=True):
+    try:
+      params = _restore_tree(path, shardings, subtree)
+    except (UserError, MemoryError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+      failures.append(f"{what}: {_describe(e, 120, strip=f'{root}/')}")
+      warn(f"{what} in {workdir} is unusable ({_describe(e, strip=f'{root}/')}); trying an older "
+           "one")
+      continue
+    return int(order), params
+  raise UserError(f"no usable params in {workdir} ({'; '.join(failures)})")

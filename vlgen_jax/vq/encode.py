@@ -169,75 +169,7 @@ def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: i
   return counts
 
 
-PARTIAL_SUFFIX = ".partial"   # the output being written (renamed when complete)
-OLD_SUFFIX = ".old"           # the replaced output, while the new one is renamed in
 PROGRESS_FILE = "encode_progress.json"
-STOPPED = 143                 # exit status after SIGTERM (128 + 15): rerun to resume
-
-
-def check_output(output: str, overwrite: bool) -> None:
-  """`--output` must be a folder path that does not hold a dataset or other
-  files yet, unless --overwrite."""
-  if not output.strip():
-    raise UserError("--output is empty; give a directory")
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise UserError(f"--output {output} is a file, not a directory")
-  if os.path.isdir(output) and os.listdir(output) and not overwrite:
-    raise UserError(f"--output {output} already exists; add --overwrite to replace it (the old "
-                    "one is kept until the new one is complete) or choose another directory")
-
-
-def _read_progress(partial: str) -> dict | None:
-  path = os.path.join(partial, PROGRESS_FILE)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except ValueError:
-    return None
-
-
-def _prepare_partial(output: str, options: dict) -> dict:
-  """The `<output>.partial` folder to write into and the splits it already
-  holds (from an interrupted run with the same options); any other partial
-  output is discarded (process 0)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  partial = output + PARTIAL_SUFFIX
-  progress = _read_progress(partial)
-  if progress is not None and progress.get("options") == options:
-    if progress["done"]:
-      print(f"resuming {partial}: splits done: {', '.join(progress['done'])}", flush=True)
-    return progress
-  if os.path.exists(partial):
-    print(f"warning: discarding {partial} (an interrupted encode with other options)", flush=True)
-    shutil.rmtree(partial)
-  progress = {"options": options, "done": {}}
-  os.makedirs(partial)
-  _write_progress(partial, progress)
-  return progress
-
-
-def _write_progress(partial: str, progress: dict) -> None:
-  tmp = os.path.join(partial, PROGRESS_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(progress, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(partial, PROGRESS_FILE))
-
-
-def _publish(output: str) -> None:
-  """`<output>.partial` -> `<output>`; an existing output is moved aside
-  first and deleted only once the new one is in place."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  partial, old = output + PARTIAL_SUFFIX, output + OLD_SUFFIX
-  os.remove(os.path.join(partial, PROGRESS_FILE))
-  if os.path.exists(old):
-    shutil.rmtree(old)
-  if os.path.exists(output):
-    os.rename(output, old)
-  os.rename(partial, output)
-  if os.path.exists(old):
-    shutil.rmtree(old)
 
 
 def _sync(name: str) -> None:
@@ -256,7 +188,7 @@ def run(args) -> int:
   import contextlib  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
 
-  from vlgen_jax import locks  # pylint: disable=g-import-not-at-top
+  from vlgen_jax import locks, partial as partial_lib  # pylint: disable=g-import-not-at-top
   from vlgen_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
@@ -271,7 +203,7 @@ def run(args) -> int:
     raise UserError(f"--workdir {args.workdir} does not exist")
   if args.batch_size < 1 or args.num_shards < 1 or args.threads < 1:
     raise UserError("--batch-size, --num-shards and --threads must be >= 1")
-  check_output(args.output, args.overwrite)
+  partial_lib.check_output(args.output, args.overwrite)
   output = os.path.normpath(args.output)
   splits = [s.strip() for s in args.splits.split(",") if s.strip()]
   if not splits:
@@ -323,13 +255,17 @@ def run(args) -> int:
     if batches[0] == args.debug_sigterm_after_batches + 1:
       os.kill(os.getpid(), signal.SIGTERM)
 
+  out = partial_lib.PartialOutput(output, options, PROGRESS_FILE)
+  partial = out.path
   with locks.output_lock(output) if primary else contextlib.nullcontext():
-    check_output(output, args.overwrite)  # again, now that no other encode can write it
-    partial = output + PARTIAL_SUFFIX
-    progress = _prepare_partial(output, options) if primary else None
+    # Again, now that no other encode can write it.
+    partial_lib.check_output(output, args.overwrite)
+    progress = out.open({}) if primary else None
+    if progress is not None and progress["done"]:
+      print(f"resuming {partial}: splits done: {', '.join(progress['done'])}", flush=True)
     _sync("vlgen_encode_partial")
     if progress is None:
-      progress = _read_progress(partial)
+      progress = out.read()
     with StopSignals() as signals:
 
       def should_stop():
@@ -363,7 +299,7 @@ def run(args) -> int:
                 flush=True)
           if signals.received == signal.SIGINT:
             raise KeyboardInterrupt
-          return STOPPED
+          return partial_lib.STOPPED
         writer.close()
         if stats is not None:
           sums, code_counts = stats.all_processes()
@@ -372,10 +308,10 @@ def run(args) -> int:
         _sync(f"vlgen_encode_{split_name}")
         if primary:
           progress["done"][split_name] = counts
-          _write_progress(partial, progress)
+          out.save(progress)
           print(f"{split}: " + json.dumps(counts, sort_keys=True), flush=True)
     _sync("vlgen_encode_done")
     if primary:
-      _publish(output)
+      out.publish()
       print(f"wrote {output}", flush=True)
   return 0
