@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 from PIL import Image
 
-from fault_helpers import RUN, error_lines, run
+from fault_helpers import RUN, error_lines, run, wait_for
+from trainer_helpers import REPO_ROOT
 from vlgen_jax import cli
 from vlgen_jax.data import sources
 from vlgen_jax.data.decode import BAD_RECORD
@@ -80,3 +85,27 @@ def test_text_tokenizer_output_directory_is_one_line_and_leaves_nothing(tmp_path
                                      "not a directory\n")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.txt", "out"]
   assert list(out.iterdir()) == []
+
+
+def test_sigterm_during_data_shapes_leaves_no_incomplete_build(tmp_path, env):
+  data = tmp_path / "data"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "vlgen_jax.cli", "data", "shapes", "--data-dir", str(data),
+       "--resolution", "64", "--train-size", "200000", "--validation-size", "16",
+       "--heldout-size", "16"],
+      env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for(lambda: list(data.rglob("incomplete.*")) or proc.poll() is not None,
+             "the build's incomplete.* folder")
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(1)  # into the writing of records
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 143, err[-3000:]
+  assert err.strip().splitlines()[-1] == "stopped by SIGTERM"
+  assert "Traceback" not in err
+  assert not list(data.rglob("incomplete.*"))
