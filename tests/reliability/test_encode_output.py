@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer_helpers import REPO_ROOT
+from trainer_helpers import REPO_ROOT, subprocess_env
 from vlgen_jax import cli, locks
 
 BATCH = 4  # demo_tiny: 64 train images (16 batches), 16 validation (4)
@@ -39,8 +39,10 @@ def _encode(demo, output, env, *extra):
 
 
 def test_interrupted_encodes_keep_the_old_output_and_resume_to_the_same_bytes(
-    tmp_path, env, demo_tiny_dir):
+    tmp_path, compile_cache_dir, demo_tiny_dir):
   demo = demo_tiny_dir
+  # One device: batches of 4 (the batch is rounded up to the device count).
+  env = subprocess_env(compile_cache_dir, devices=1)
   out, ref = tmp_path / "tokens", tmp_path / "reference"
   assert _encode(demo, out, env, "--num-shards", "1").returncode == 0
   previous = _files(out)
