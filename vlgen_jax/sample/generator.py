@@ -29,6 +29,7 @@ class Generator:
   param_shardings: object
   rules: tuple
   step: int | None
+  _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def load(cls, workdir: str, *, step: int | None = None, vq_workdir: str | None = None,
@@ -82,10 +83,15 @@ class Generator:
     return self.tokenizer.encode_batch([""], self.spec.text_length)[0]
 
   def sampler(self, options):
+    """The jitted sampler for `options`, built once: `vlgen sample` calls
+    `generate` once per batch, and a new jit would trace and compile again."""
     from vlgen_jax.sample import sampler
-    return sampler.make_sampler(self.model, options, empty_caption=self.empty_caption(),
-                                mesh=self.mesh, param_shardings=self.param_shardings,
-                                logical_axis_rules=self.rules)
+    key = repr(options)
+    if key not in self._samplers:
+      self._samplers[key] = sampler.make_sampler(
+          self.model, options, empty_caption=self.empty_caption(), mesh=self.mesh,
+          param_shardings=self.param_shardings, logical_axis_rules=self.rules)
+    return self._samplers[key]
 
   def generate(self, prompts: Sequence[str], options, *, seed: int = 0, batch_size: int = 16,
                progress: Callable[[int], None] | None = None, first_index: int = 0
