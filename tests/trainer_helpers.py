@@ -62,8 +62,8 @@ def subprocess_env(cache_dir, devices: int = 8, extra: Mapping[str, str] | None 
   return env
 
 
-def train_command(workdir, overrides: Mapping[str, object]) -> list[str]:
-  return [sys.executable, "-m", "vlgen_jax.cli", "train", "--config", TOY,
+def train_command(workdir, overrides: Mapping[str, object], config: str = TOY) -> list[str]:
+  return [sys.executable, "-m", "vlgen_jax.cli", "train", "--config", config,
           "--workdir", str(workdir), *override_args(overrides)]
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
+from vlgen_jax import errors
 from vlgen_jax.errors import UserError
 from vlgen_jax.config import split_config_overrides
 
@@ -58,14 +62,48 @@ def main(argv=None) -> int:
   args.config_overrides = overrides
   if overrides and not hasattr(args, "config"):
     parser.error(f"{args.command} takes no --config.* overrides")
+  # Commands that stop cleanly at a step or batch install their own handlers.
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+  try:
+    return _run(args)
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
   try:
     return int(args._module.run(args) or 0)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:
+    # Only errors the OS reported (with an errno): a bad path or permission is
+    # the user's to fix (2), a full disk or I/O failure the machine's (1).
+    # Anything else is a bug and keeps its traceback.
+    if e.errno is None:
+      raise
+    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
+    code = 2 if e.errno in errors.USER_ERRNOS else 1
+    if getattr(e, "abandoned_threads", False):
+      # Background writers (Orbax) still hold the failed I/O; a normal exit
+      # would print each of their tracebacks while tearing them down.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)  # pylint: disable=protected-access
+    return code
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except errors.Terminated:
+    print("stopped by SIGTERM", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise errors.Terminated()
 
 
 if __name__ == "__main__":

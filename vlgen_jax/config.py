@@ -1,14 +1,17 @@
 """Loading `configs/*.py` files and applying `--config.a.b=value` overrides.
 
 A config file is a python module with `get_config()` returning an
-`ml_collections.ConfigDict`. Running it is running code the user chose (like
-big_vision and MaxText configs); nothing else on any load path executes code.
+`ml_collections.ConfigDict` (running it is running code the user chose, like
+big_vision and MaxText configs; nothing else on any load path executes code),
+or a run's `config.json` (JSON, read as data).
 An optional argument is passed as `path.py:arg` -> `get_config("arg")`.
 """
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
+import json
 import os
 from typing import Any, Iterable
 
@@ -36,20 +39,75 @@ def load_config_module(path: str):
   path = resolve_config_path(path)
   module_name = "vlgen_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(module_name, path)
+  if module_spec is None or module_spec.loader is None:
+    raise UserError(f"--config {path} is not a python config file (.py) or a config.json")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads `path[:arg]` and applies `key=value` overrides (keys without `--config.`)."""
+  """Loads `path[:arg]` (a config file) or a run's `config.json`, and applies
+  `key=value` overrides (keys without `--config.`). Every mistake in the spec
+  or the file is a UserError."""
+  if not spec.strip():
+    raise UserError("--config is empty; give a config file (e.g. configs/toy.py) or a run's "
+                    "config.json")
   path, _, arg = spec.partition(":")
-  module = load_config_module(path)
-  if not hasattr(module, "get_config"):
-    raise UserError(f"config file {path} has no get_config()")
-  config = module.get_config(arg) if arg else module.get_config()
+  path = resolve_config_path(path)
+  if os.path.isdir(path):
+    hint = (f"; the run's own config is {os.path.join(path, 'config.json')}"
+            if os.path.isfile(os.path.join(path, "config.json")) else "")
+    raise UserError(f"--config {path} is a directory; give a config file{hint}")
+  if path.endswith(".json"):
+    if arg:
+      raise UserError(f"--config {path} is a JSON config: it takes no ':{arg}'")
+    config = load_json_config(path)
+  else:
+    config = _run_config_file(path, arg)
   for item in overrides:
     apply_override(config, item)
+  return config
+
+
+def load_json_config(path) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a run's config.json). JSON has no tuples: lists
+  become tuples, as the config files write sequences."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"config {path} is not valid JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise UserError(f"config {path} must hold a JSON object, got {type(data).__name__}")
+  return ml_collections.ConfigDict(_tuples(data))
+
+
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def _run_config_file(path: str, arg: str) -> ml_collections.ConfigDict:
+  module = load_config_module(path)
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise UserError(f"config file {path} has no get_config()")
+  params = [p for p in inspect.signature(get_config).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+  required = [p for p in params if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+  if arg and not params:
+    raise UserError(f"config file {path} takes no argument; drop ':{arg}'")
+  if not arg and required:
+    raise UserError(f"config file {path} needs an argument: {path}:<{required[0].name}>")
+  config = get_config(arg) if arg else get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"get_config() of {path} returned a {type(config).__name__}; it must return "
+                    "an ml_collections.ConfigDict (e.g. built on "
+                    "vlgen_jax.train.defaults.trainer_config())")
   return config
 
 
@@ -91,6 +149,8 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
       value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
       raise UserError(f"config key {key} expects an integer, got: {raw}")
+    if abs(value) >= 2**63:
+      raise UserError(f"config key {key} is out of range (|value| < 2**63), got: {raw}")
   elif isinstance(old, float):
     if isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
@@ -98,14 +158,20 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
       raise UserError(f"config key {key} expects a number, got: {raw}")
   elif isinstance(old, str):
     value = raw
-  elif isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
+  elif isinstance(old, (tuple, list)):
+    if not isinstance(value, (tuple, list)):
+      example = "(" + ", ".join(str(v) for v in old) + ("," if len(old) == 1 else "") + ")"
+      raise UserError(f"config key {key} expects a sequence like {example}, got: {raw}")
     value = type(old)(value)
   elif isinstance(old, ml_collections.ConfigDict):
     if not isinstance(value, dict):
       raise UserError(f"config key {key} is a group; set its fields, e.g. --config.{key}.<field>=...")
     value = ml_collections.ConfigDict(value)
   with node.unlocked() if isinstance(node, ml_collections.ConfigDict) else _nullcontext():
-    node[last] = value
+    try:
+      node[last] = value
+    except (TypeError, ValueError) as e:  # ConfigDict's own type check
+      raise UserError(f"config key {key} cannot be set to {raw} ({e})") from None
 
 
 class _nullcontext:

@@ -184,16 +184,47 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
       "vq": ["train", "--config", c.vq.config, "--workdir", w["vq"],
              *_overrides(data_overrides), *_overrides(c.vq.overrides)],
       "encode": ["encode", "--workdir", w["vq"], "--output", w["tokens"],
-                 "--splits", "train,validation,heldout"],
+                 "--splits", "train,validation,heldout", "--overwrite"],
       "t2i": ["train", "--config", c.t2i.config, "--workdir", w["t2i"],
               f"--config.data.data_dir={w['tokens']}",
               f"--config.data.tokenizer={w['tokenizer']}", *_overrides(c.t2i.overrides)],
       "sample": ["sample", "--workdir", w["t2i"], "--outdir", w["samples"],
                  *[a for p in c.sample.prompts for a in ("--prompt", p)],
-                 "--num-per-prompt", c.sample.num_per_prompt, "--seed", c.seed],
+                 "--num-per-prompt", c.sample.num_per_prompt, "--seed", c.seed, "--overwrite"],
       "eval": ["eval", "--workdir", w["t2i"], "--split", c.eval.split, "--num", c.eval.num,
                "--report", w["eval"], "--seed", c.seed],
   }
+
+
+def _portable(command, workdir: str) -> list[str]:
+  """A stage's command as recorded in demo.json: strings, the workdir as
+  WORKDIR (a moved workdir is the same demo)."""
+  return [str(a).replace(workdir, "WORKDIR") for a in command]
+
+
+def _check_recipe(state: dict, recipe: dict, commands: dict, workdir: str, redo: set,
+                  stages) -> None:
+  """A finished stage whose command the recipe now changes would be skipped,
+  and its old results reported as the new recipe's: a UserError instead,
+  naming the stages to redo (that stage and every later one)."""
+  changed = []
+  for stage in STAGES:
+    record = state["stages"].get(stage, {})
+    if not record.get("done") or stage in redo or stage not in stages:
+      continue
+    recorded = record.get("command")
+    if recorded is None:  # a demo.json from before commands were recorded
+      if state.get("recipe") != json.loads(json.dumps(recipe)):
+        changed.append(stage)
+      continue
+    if recorded != _portable(commands[stage], workdir):
+      changed.append(stage)
+  if changed:
+    first = STAGES.index(changed[0])
+    later = [s for s in STAGES[first:] if state["stages"].get(s, {}).get("done")]
+    raise UserError(f"the demo recipe changed since {workdir} was run: stage(s) "
+                    f"{', '.join(changed)} would now run differently and their results are from "
+                    f"the old recipe; use a new --workdir, or rerun with --redo {','.join(later)}")
 
 
 def run(args) -> int:
@@ -222,6 +253,7 @@ def run(args) -> int:
     print(recipe_lib.describe(c), flush=True)
     _write_atomic(os.path.join(workdir, RECIPE_FILE), recipe_lib.to_json(c))
   state = _load_state(workdir)
+  _check_recipe(state, c.to_dict(), commands, workdir, redo, stages)
   state["recipe"] = c.to_dict()
   # `vlgen sample/eval --workdir DEMO` find the runs here (vlgen_jax/runs.py).
   state["runs"] = {"t2i": w["t2i"], "vq": w["vq"]}
@@ -246,7 +278,8 @@ def run(args) -> int:
         print(f"[demo] {stage}: {why}; re-run the same command to resume", flush=True)
         _save_state(workdir, state)
         return 0
-    state["stages"][stage] = {"done": True, "seconds": seconds}
+    state["stages"][stage] = {"done": True, "seconds": seconds,
+                              "command": _portable(commands[stage], workdir)}
     _save_state(workdir, state)
     print(f"[demo] {stage}: finished in {seconds:.0f} s", flush=True)
 

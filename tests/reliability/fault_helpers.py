@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from trainer_helpers import REPO_ROOT, read_metrics, subprocess_env, train_command  # noqa: F401
+from trainer_helpers import TOY, REPO_ROOT, read_metrics, subprocess_env, train_command  # noqa: F401
 
 # The toy model on a data=2, fsdp=2, tensor=2 mesh with dropout on: a resumed
 # run must restore sharded state and continue the per-step RNG exactly. The
@@ -25,10 +25,10 @@ TIMEOUT = 300
 class Run:
   """A `vlgen train` subprocess writing stdout+stderr to `log`."""
 
-  def __init__(self, workdir, overrides, env, log):
+  def __init__(self, workdir, overrides, env, log, config: str = TOY):
     self.log = pathlib.Path(log)
     self._file = open(self.log, "w")  # noqa: SIM115  (closed in wait)
-    self.proc = subprocess.Popen(train_command(workdir, overrides), env=env, cwd=REPO_ROOT,
+    self.proc = subprocess.Popen(train_command(workdir, overrides, config), env=env, cwd=REPO_ROOT,
                                  stdout=self._file, stderr=subprocess.STDOUT, text=True)
 
   def wait(self, timeout: float = TIMEOUT) -> tuple[int, str]:
@@ -49,15 +49,16 @@ class Run:
     return self.proc.poll() is None
 
 
-def run(workdir, overrides, env, name: str | None = None) -> tuple[int, str]:
+def run(workdir, overrides, env, name: str | None = None, config: str = TOY
+        ) -> tuple[int, str]:
   """Runs `vlgen train` to the end: (exit status, output)."""
   workdir = pathlib.Path(workdir)
   log = workdir.parent / f"{name or workdir.name}-{time.monotonic_ns()}.log"
-  return Run(workdir, overrides, env, log).wait()
+  return Run(workdir, overrides, env, log, config).wait()
 
 
-def run_ok(workdir, overrides, env, name: str | None = None) -> str:
-  rc, out = run(workdir, overrides, env, name)
+def run_ok(workdir, overrides, env, name: str | None = None, config: str = TOY) -> str:
+  rc, out = run(workdir, overrides, env, name, config)
   assert rc == 0, out[-4000:]
   return out
 

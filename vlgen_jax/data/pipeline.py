@@ -387,6 +387,11 @@ class PipelineIterator(grain.DatasetIterator):
             "iterator": self._parent.get_state()}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or "pipeline" not in state:
+      # e.g. the run started on another kind of input (data.source changed).
+      raise UserError("the checkpoint's data iterator state was not saved by this input "
+                      "pipeline (was data.source or the data config changed?); resume with the "
+                      "run's own config (its config.json) or start a new --workdir")
     if state.get("version") != _STATE_VERSION:
       raise UserError(f"input pipeline state has version {state.get('version')}, "
                       f"expected {_STATE_VERSION}")

@@ -12,7 +12,9 @@ pipeline, so a bad record becomes a counted skip instead of an exception
   `KEY.jpg|KEY.jpeg|KEY.png|KEY.webp` and `KEY.txt`). Members are indexed
   once (tar header offsets); records are served with `os.pread`, so reading is
   random access and thread-safe. Every key seen is a record: an image without
-  a `.txt` (or the reverse) is served with the missing half as `None`.
+  a `.txt` (or the reverse) is served with the missing half as `None`. A key
+  that occurs twice in a shard (its caption or image again) makes all its
+  records bad records (skipped and counted), never pairs across them.
 - `FolderSource`: a folder with `captions.tsv` (`filename<TAB>caption` per
   line, optional `filename<TAB>caption` header) and the images next to it
   (subfolders allowed). Every line is a record; its image is read on access.
@@ -21,6 +23,7 @@ pipeline, so a bad record becomes a counted skip instead of an exception
 """
 from __future__ import annotations
 
+import codecs
 import glob
 import logging
 import os
@@ -56,12 +59,14 @@ class TarShardSource:
   def __init__(self, paths: Sequence[str] | str, *, show_progress: bool = True):
     self._paths = _resolve_tar_paths(paths)
     keys, shard, img_off, img_len, txt_off, txt_len = [], [], [], [], [], []
+    duplicate_keys = []
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(self._paths, desc="indexing tar shards", unit="shard",
                disable=not show_progress or len(self._paths) < 2)
     for s, path in enumerate(bar):
-      entries: dict[str, list[int]] = {}   # key -> [img_off, img_len, img_rank, txt_off, txt_len]
-      order: list[str] = []
+      # One entry per record: [key, img_off, img_len, img_rank, txt_off, txt_len, duplicate].
+      entries: list[list] = []
+      latest: dict[str, list] = {}  # key -> its latest entry
       try:
         with tarfile.open(path, "r:") as tar:
           for member in tar:
@@ -71,25 +76,38 @@ class TarShardSource:
             is_image = ext in IMAGE_EXTENSIONS
             if not is_image and ext != CAPTION_EXTENSION:
               continue  # .json / .parquet sidecars of img2dataset
-            entry = entries.get(key)
+            entry = latest.get(key)
+            if entry is not None and (entry[4] >= 0 if not is_image else entry[1] >= 0 and
+                                      IMAGE_EXTENSIONS.index(ext) == entry[3]):
+              # The key's caption (or this image) again: a second record with
+              # the same key; nothing is paired across the two.
+              entry = None
+              duplicate = True
+            else:
+              duplicate = False
             if entry is None:
-              entry = entries[key] = [-1, 0, len(IMAGE_EXTENSIONS), -1, 0]
-              order.append(key)
+              entry = [key, -1, 0, len(IMAGE_EXTENSIONS), -1, 0, duplicate]
+              entries.append(entry)
+              latest[key] = entry
             if is_image:
               rank = IMAGE_EXTENSIONS.index(ext)
-              if rank < entry[2]:
-                entry[0], entry[1], entry[2] = member.offset_data, member.size, rank
+              if rank < entry[3]:
+                entry[1], entry[2], entry[3] = member.offset_data, member.size, rank
             else:
-              entry[3], entry[4] = member.offset_data, member.size
+              entry[4], entry[5] = member.offset_data, member.size
       except (tarfile.TarError, OSError) as e:
         # A damaged shard keeps the records indexed before the damage.
-        _log.warning("tar shard %s: %s (kept %d keys)", path, e, len(order))
-      for key in order:
-        e = entries[key]
-        keys.append(key)
+        _log.warning("tar shard %s: %s (kept %d keys)", path, e, len(entries))
+      # Every record of a key that occurs twice is skipped: which of them is
+      # the intended one is unknown.
+      repeated = {e[0] for e in entries if e[6]}
+      for e in entries:
+        keys.append(e[0])
         shard.append(s)
-        img_off.append(e[0]); img_len.append(e[1]); txt_off.append(e[3]); txt_len.append(e[4])
+        img_off.append(e[1]); img_len.append(e[2]); txt_off.append(e[4]); txt_len.append(e[5])
+        duplicate_keys.append(e[0] in repeated)
     self._keys = keys
+    self._duplicate = np.asarray(duplicate_keys, bool)
     self._shard = np.asarray(shard, np.int32)
     self._img = np.stack([np.asarray(img_off, np.int64), np.asarray(img_len, np.int64)], -1) \
         if keys else np.zeros((0, 2), np.int64)
@@ -126,6 +144,10 @@ class TarShardSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
     s = int(self._shard[index])
+    if self._duplicate[index]:
+      from vlgen_jax.data.decode import BAD_RECORD  # pylint: disable=g-import-not-at-top
+      return {"key": self._keys[index], "image": None, "caption": None, "error": BAD_RECORD,
+              "detail": f"key {self._keys[index]} occurs more than once in {self._paths[s]}"}
     return {
         "key": self._keys[index],
         "image": self._read(s, *self._img[index]),
@@ -188,7 +210,9 @@ class FolderSource:
     if not os.path.isfile(tsv):
       raise UserError(f"{CAPTIONS_TSV} not found in {folder}")
     with open(tsv, "rb") as f:
-      lines = f.read().split(b"\n")
+      data = f.read()
+    # Spreadsheet exports start with a UTF-8 byte order mark.
+    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")
     self._names: list[str] = []
     self._captions: list[bytes] = []
     for i, line in enumerate(lines):

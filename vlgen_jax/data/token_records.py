@@ -202,6 +202,17 @@ class TokenRecordWriter:
       info["splits"][self.split] = {"num_records": sum(shards.values()), "shards": shards}
       _write_json_atomic(path, info)
 
+  def discard(self) -> None:
+    """Closes the shards without publishing them and deletes their files."""
+    if self._closed:
+      return
+    self._closed = True
+    for w, name in zip(self._writers, self._names):
+      w.close()
+      path = os.path.join(self.directory, name)
+      if os.path.exists(path):
+        os.remove(path)
+
   def __enter__(self) -> TokenRecordWriter:
     return self
 

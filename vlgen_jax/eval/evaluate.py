@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Mapping, Sequence
 
 import jax
@@ -166,9 +167,17 @@ def evaluate_folder(folder: str, *, report: str | None = None,
       raise UserError(f"{folder} was not written by `vlgen sample` ({SAMPLE_INFO} missing); "
                       f"name the evaluators with --evaluators (registered: "
                       f"{', '.join(sorted(report_lib.evaluators_lib.EVALUATORS))})")
-    with open(info_path, encoding="utf-8") as f:
-      evaluator_names = json.load(f).get("evaluators", [])
+    try:
+      with open(info_path, encoding="utf-8") as f:
+        evaluator_names = json.load(f).get("evaluators", [])
+    except (ValueError, AttributeError) as e:
+      raise UserError(f"{info_path} is not a JSON object written by `vlgen sample` ({e}); name "
+                      "the evaluators with --evaluators") from None
   report_lib.evaluators_lib.build_all(evaluator_names)
-  images, captions = report_lib.read_image_folder(folder)
+  skipped = {}
+  images, captions = report_lib.read_image_folder(folder, skipped)
+  if skipped:
+    print(f"warning: skipped {sum(skipped.values())} image(s) of {folder}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())), file=sys.stderr)
   return report_lib.write_report(report or os.path.join(folder, "eval"), images, captions,
-                                 evaluator_names, {"images": folder})
+                                 evaluator_names, {"images": folder, "skipped": skipped})

@@ -2,6 +2,7 @@
 folder people can look at (grid.png, scores.jsonl, results.json)."""
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -19,29 +20,60 @@ UNSCORED_COLOR = (128, 128, 128)  # no evaluator could judge the caption
 GRID_IMAGES = 64
 
 
-def read_image_folder(folder: str) -> tuple[list[np.ndarray], list[str]]:
-  """(images, captions) from `folder/captions.tsv` (`filename<TAB>caption`)."""
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger files are skipped unread (decompression bombs)
+
+
+def read_image_folder(folder: str, skipped: dict | None = None
+                      ) -> tuple[list[np.ndarray], list[str]]:
+  """(images, captions) from `folder/captions.tsv` (`filename<TAB>caption`,
+  UTF-8, an optional byte order mark). A name that is not a file inside the
+  folder (e.g. a symlink out of it) or a file that is not UTF-8 is a
+  UserError; an image that cannot be decoded or is larger than
+  MAX_IMAGE_PIXELS is skipped and counted in `skipped` by reason."""
   tsv = os.path.join(folder, "captions.tsv")
   if not os.path.isfile(tsv):
     raise UserError(f"no captions.tsv in {folder}")
+  root = os.path.realpath(folder)
+  skipped = {} if skipped is None else skipped
   images, captions = [], []
-  with open(tsv, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.rstrip("\r\n")
-      if not line:
-        continue
-      name, sep, caption = line.partition("\t")
-      if not sep:
-        raise UserError(f"{tsv}:{n}: expected 'filename<TAB>caption'")
-      path = os.path.join(folder, name)
-      if os.path.dirname(os.path.normpath(name)) or not os.path.isfile(path):
-        raise UserError(f"{tsv}:{n}: image not found in {folder}: {name}")
-      with Image.open(path) as im:
-        images.append(np.asarray(im.convert("RGB")))
-      captions.append(caption)
+  with open(tsv, "rb") as f:
+    data = f.read().removeprefix(codecs.BOM_UTF8)
+  for n, raw in enumerate(data.split(b"\n"), 1):
+    try:
+      line = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+      raise UserError(f"{tsv}:{n}: not UTF-8 text; save the file as UTF-8") from None
+    if not line:
+      continue
+    name, sep, caption = line.partition("\t")
+    if not sep:
+      raise UserError(f"{tsv}:{n}: expected 'filename<TAB>caption'")
+    path = os.path.realpath(os.path.join(folder, name))
+    # Names (or symlinks) leading out of the folder are never read.
+    if (os.path.dirname(os.path.normpath(name)) or os.path.commonpath([path, root]) != root
+        or not os.path.isfile(path)):
+      raise UserError(f"{tsv}:{n}: image not found in {folder}: {name!r}")
+    image, reason = _read_image(path)
+    if image is None:
+      skipped[reason] = skipped.get(reason, 0) + 1
+      continue
+    images.append(image)
+    captions.append(caption)
   if not images:
-    raise UserError(f"{tsv} lists no images")
+    raise UserError(f"{tsv} lists no readable images" + (f" (skipped: {skipped})" if skipped
+                                                         else ""))
   return images, captions
+
+
+def _read_image(path: str) -> tuple[np.ndarray | None, str]:
+  try:
+    with Image.open(path) as im:
+      if im.width * im.height > MAX_IMAGE_PIXELS:
+        return None, "too_large"
+      return np.asarray(im.convert("RGB")), ""
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    # PIL's errors for garbage, truncated or unsupported files.
+    return None, "undecodable_image"
 
 
 def frame_colors(evaluators, per_image: Mapping[str, list], n: int) -> list[tuple[int, int, int]]:

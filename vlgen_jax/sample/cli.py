@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -19,7 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--outdir", required=True)
   add_sampling_arguments(parser)
   parser.add_argument("--num-per-prompt", type=int, default=1)
-  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--batch-size", type=int, default=16,
+                      help="images per batch (capped by an estimate of the device memory)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --outdir (kept until the new one is complete)")
+  # Fault injection for tests/reliability: SIGTERM to itself after N batches.
+  parser.add_argument("--debug-sigterm-after-batches", type=int, default=0,
+                      help=argparse.SUPPRESS)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,43 +68,136 @@ def read_prompts(args) -> list[str]:
   return read_prompts_file(args.prompts) if args.prompts is not None else list(args.prompt)
 
 
+def _prompt_source(args):
+  """(number of prompts, a function returning a fresh iterator over them):
+  a --prompts file is read line by line, never held in memory."""
+  if args.prompts is None:
+    prompts = list(args.prompt)
+    return len(prompts), lambda: iter(prompts)
+  if not os.path.isfile(args.prompts):
+    raise UserError(f"prompts file not found: {args.prompts}")
+  count = 0
+  with open(args.prompts, encoding="utf-8", errors="replace") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        count = n  # trailing blank lines are not prompts
+  if not count:
+    raise UserError(f"prompts file is empty: {args.prompts}")
+
+  def lines():
+    with open(args.prompts, encoding="utf-8", errors="replace") as f:
+      # Plain text, one caption per line; nothing in it is interpreted.
+      for line in itertools.islice(f, count):
+        yield line.rstrip("\r\n")
+  return count, lines
+
+
 def run(args) -> int:
+  """Samples into `<outdir>.partial` under the outdir's lock, writing each
+  batch as it finishes; SIGTERM/SIGINT stop after the current batch (exit
+  143/130) and a rerun with the same options resumes there, to the same
+  images. The folder appears (or replaces the old one, --overwrite) only
+  when complete. Memory holds one batch: prompts are streamed and the batch
+  is capped by an estimate of what fits on the devices."""
+  import contextlib
+  import signal
   import time
   from tqdm import tqdm
+  from vlgen_jax import locks, partial
   from vlgen_jax.runs import t2i_config
   from vlgen_jax.sample.generator import Generator
-  from vlgen_jax.sample.outputs import write_outputs
+  from vlgen_jax.sample.outputs import SampleWriter
   from vlgen_jax.sample.sampler import SamplingOptions
+  from vlgen_jax.train.preemption import StopSignals
 
   if args.num_per_prompt < 1:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  prompts = read_prompts(args)
+  partial.check_output(args.outdir, args.overwrite, "--outdir")
+  num_prompts, prompts = _prompt_source(args)
+  total = num_prompts * args.num_per_prompt
   from vlgen_jax.train import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   # Validated before anything is loaded.
   options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
-  expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
-  before = gen.tokenizer.num_truncated
-  gen.tokenizer.encode_batch(prompts, gen.spec.text_length)
-  truncated = gen.tokenizer.num_truncated - before
   import jax
   main_process = jax.process_index() == 0
-  start = time.perf_counter()
-  with tqdm(total=len(expanded), desc="sample", unit="img", disable=not main_process) as bar:
-    images, _ = gen.generate(expanded, options, seed=args.seed, batch_size=args.batch_size,
-                             progress=bar.update)
-  seconds = time.perf_counter() - start
-  if truncated and main_process:
-    print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
-          f"truncated", file=sys.stderr)
-  if main_process:
-    grid = write_outputs(args.outdir, images, expanded, info={
-        "run": os.path.abspath(gen.run), "step": gen.step,
-        "evaluators": list(gen.config.evaluators)})
-    print(f"wrote {len(images)} images to {args.outdir} (grid: {grid}); "
-          f"{len(images) / seconds:.2f} images/s")
+  cap = gen.max_batch_size()
+  batch_size = min(args.batch_size, cap, total)
+  if batch_size < min(args.batch_size, total) and main_process:
+    print(f"note: --batch-size {args.batch_size} capped at {batch_size} (about "
+          f"{gen.example_bytes() * batch_size / 2**30:.1f} GiB of device memory)", file=sys.stderr)
+  outdir = os.path.normpath(args.outdir)
+  # What must match for a rerun to resume an interrupted one.
+  resume_key = {"run": os.path.abspath(gen.run), "step": gen.step,
+                "prompts": os.path.abspath(args.prompts) if args.prompts else list(args.prompt),
+                "num_prompts": num_prompts, "num_per_prompt": args.num_per_prompt,
+                "seed": args.seed, "sampling": repr(options),
+                "vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)}
+  batches = [0]
+  with locks.output_lock(outdir) if main_process else contextlib.nullcontext():
+    partial.check_output(outdir, args.overwrite, "--outdir")  # again, under the lock
+    writer = SampleWriter(outdir, resume_key) if main_process else None
+    done = _agree_on_done(writer.done if writer else 0)
+    if done and main_process:
+      print(f"resuming {writer.path}: {done} of {total} images done", file=sys.stderr)
+    # (prompt, first time it is sampled) for image i = done, done + 1, ...
+    items = itertools.islice(
+        ((p, r == 0) for p in prompts() for r in range(args.num_per_prompt)), done, None)
+    truncated, resumed = 0, done
+    start = time.perf_counter()
+    try:
+      with StopSignals() as signals, tqdm(total=total, initial=done, desc="sample", unit="img",
+                                          disable=not main_process) as bar:
+        while True:
+          chunk = list(itertools.islice(items, batch_size))
+          if not chunk:
+            break
+          batches[0] += 1
+          if batches[0] == args.debug_sigterm_after_batches + 1 and batches[0] > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+          if signals.agree():
+            break
+          texts = [p for p, _ in chunk]
+          before = gen.tokenizer.num_truncated
+          gen.tokenizer.encode_batch([p for p, first in chunk if first], gen.spec.text_length)
+          truncated += gen.tokenizer.num_truncated - before
+          images, _ = gen.generate(texts, options, seed=args.seed, batch_size=batch_size,
+                                   first_index=done)
+          if writer:
+            writer.write(images, texts)
+          done += len(chunk)
+          bar.update(len(chunk))
+    finally:
+      if writer:
+        writer.close()
+    seconds = time.perf_counter() - start
+    if truncated and main_process:
+      print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
+            f"truncated", file=sys.stderr)
+    if signals.requested:
+      if main_process:
+        print(f"stopped by {signal.Signals(signals.received).name}: {done} of {total} images in "
+              f"{writer.path}; rerun the same command to resume", file=sys.stderr)
+      if signals.received == signal.SIGINT:
+        raise KeyboardInterrupt
+      return partial.STOPPED
+    if main_process:
+      grid = writer.finish({"run": os.path.abspath(gen.run), "step": gen.step,
+                            "evaluators": list(gen.config.evaluators)})
+      print(f"wrote {total} images to {outdir} (grid: {grid}); "
+            f"{(done - resumed) / max(seconds, 1e-9):.2f} images/s")
   return 0
+
+
+def _agree_on_done(done: int) -> int:
+  """Process 0's count of images already written, on every process."""
+  import jax
+  if jax.process_count() == 1:
+    return done
+  from jax.experimental import multihost_utils
+  import numpy as np
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(done, np.int64)))

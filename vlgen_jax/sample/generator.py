@@ -3,8 +3,9 @@
 `Generator.load(workdir)` finds the run (a `vlgen train` t2i workdir, or a
 `vlgen demo` workdir naming one), restores params only (no optimizer state)
 sharded over a sampling mesh, and loads the SentencePiece model and VQ
-decoder the run records (vlgen_jax/runs.py). `generate(...)` tokenizes, samples image
-tokens in fixed-size batches (one compile) and decodes them to pixels.
+decoder the run records (vlgen_jax/runs.py). `generate(...)` tokenizes,
+samples image tokens in fixed-size batches (one compile) and decodes them to
+pixels.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from vlgen_jax import runs
 from vlgen_jax.errors import UserError
+
 
 @dataclasses.dataclass
 class Generator:
@@ -29,6 +31,7 @@ class Generator:
   param_shardings: object
   rules: tuple
   step: int | None
+  _samplers: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def load(cls, workdir: str, *, step: int | None = None, vq_workdir: str | None = None,
@@ -56,7 +59,10 @@ class Generator:
         lambda: model.init(jax.random.key(0), jnp.zeros((1, spec.text_length), jnp.int32),
                            jnp.zeros((1, spec.num_image_tokens), jnp.int32))["params"])
     shardings = sharding.logical_to_shardings(sharding.logical_specs(abstract), mesh, rules)
-    params = checkpoint.load_params(run, step, shardings)
+    if step is None:  # the newest usable export or checkpoint, as training restores
+      step, params = checkpoint.newest_usable_params(run, shardings)
+    else:
+      params = checkpoint.load_params(run, step, shardings)
     tokenizer_path = runs.tokenizer_of(run, config)
     tokenizer = TextTokenizer.from_file(tokenizer_path)
     if tokenizer.vocab_size > spec.text_vocab_size:
@@ -79,17 +85,25 @@ class Generator:
     return self.tokenizer.encode_batch([""], self.spec.text_length)[0]
 
   def sampler(self, options, *, edit: bool = False):
+    """The jitted sampler for `options`, built once: `vlgen sample` calls
+    `generate` once per batch, and a new jit would trace and compile again."""
     from vlgen_jax.sample import sampler
-    return sampler.make_sampler(self.model, options, empty_caption=self.empty_caption(),
-                                edit=edit, mesh=self.mesh, param_shardings=self.param_shardings,
-                                logical_axis_rules=self.rules)
+    key = (repr(options), edit)
+    if key not in self._samplers:
+      self._samplers[key] = sampler.make_sampler(
+          self.model, options, empty_caption=self.empty_caption(), edit=edit, mesh=self.mesh,
+          param_shardings=self.param_shardings, logical_axis_rules=self.rules)
+    return self._samplers[key]
 
   def generate(self, prompts: Sequence[str], options, *, seed: int = 0, batch_size: int = 16,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               progress: Callable[[int], None] | None = None, first_index: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """One image per entry of `prompts` (repeat a prompt for several):
     returns (uint8 images (n, H, W, 3), tokens (n, N)). Image i uses key
-    (seed, i), so results do not depend on `batch_size`."""
-    return self._run(prompts, options, seed=seed, batch_size=batch_size, progress=progress)
+    (seed, first_index + i), so results do not depend on `batch_size`, and a
+    long run can be generated in pieces."""
+    return self._run(prompts, options, seed=seed, batch_size=batch_size, progress=progress,
+                     first_index=first_index)
 
   def edit(self, prompts: Sequence[str], known: np.ndarray, keep: np.ndarray, options, *,
            seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +115,8 @@ class Generator:
       raise ValueError(f"known/keep must be ({len(prompts)}, {n}), got {known.shape}, {keep.shape}")
     return self._run(prompts, options, seed=seed, batch_size=batch_size, known=known, keep=keep)
 
-  def _run(self, prompts, options, *, seed, batch_size, progress=None, known=None, keep=None):
+  def _run(self, prompts, options, *, seed, batch_size, progress=None, first_index=0,
+           known=None, keep=None):
     from vlgen_jax.sample import sampler
     dp = self.data_parallel_size
     batch_size = max(dp, -(-batch_size // dp) * dp)
@@ -112,7 +127,7 @@ class Generator:
     for start in range(0, len(prompts), batch_size):
       chunk = text[start:start + batch_size]
       padded, real = sampler.pad_batch(chunk, batch_size)
-      keys = sampler.image_keys(seed, start, batch_size)
+      keys = sampler.image_keys(seed, first_index + start, batch_size)
       args = [self.to_global(padded), self._global_keys(keys)]
       if edit:
         args += [self.to_global(sampler.pad_batch(known[start:start + batch_size], batch_size)[0]),
@@ -123,6 +138,29 @@ class Generator:
       if progress:
         progress(real)
     return np.concatenate(images), np.concatenate(tokens)
+
+  def example_bytes(self) -> int:
+    """A rough upper bound of the device memory one image takes while it is
+    sampled and decoded (float32): self- and cross-attention caches of every
+    decoder layer, doubled for classifier-free guidance, the logits, and the
+    VQ decoder's activations (~64 channels at full resolution)."""
+    spec = self.spec
+    layers = int(self.config.model.decoder_layers)
+    caches = 2 * layers * (spec.num_image_tokens + spec.text_length) * int(spec.d_model)
+    logits = int(spec.image_vocab_size)
+    pixels = self.vq.resolution * self.vq.resolution * 64
+    return 4 * (2 * (caches + logits) + pixels)
+
+  def max_batch_size(self, budget_bytes: int | None = None) -> int:
+    """The largest batch (a multiple of the data-parallel size) whose
+    estimated memory fits in `budget_bytes` (default: half of a device's
+    memory limit where the backend reports one, else 2 GiB in all)."""
+    dp = self.data_parallel_size
+    if budget_bytes is None:
+      stats = self.mesh.devices.flat[0].memory_stats() or {}
+      # A batch is spread over the data-parallel devices (CPU: one host's RAM).
+      budget_bytes = stats["bytes_limit"] // 2 * dp if "bytes_limit" in stats else 2 << 30
+    return max(dp, budget_bytes // self.example_bytes() // dp * dp)
 
   # Multi-process: every process holds the whole (small) prompt batch; each
   # device takes its rows; outputs come back to every host.

@@ -19,6 +19,7 @@ for another config).
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Iterator
 
 HELP = "train the SentencePiece text tokenizer on a dataset's captions or a text file"
@@ -99,6 +100,9 @@ def run(args) -> int:
 
   if args.max_sentences < 1:
     raise UserError(f"--max-sentences must be >= 1, got {args.max_sentences}")
+  if not args.output.strip() or os.path.isdir(args.output):
+    raise UserError(f"--output {args.output!r} must be the path of a .model file, not a "
+                    "directory")
   counter = _Counter()
   if args.text_file:
     try:

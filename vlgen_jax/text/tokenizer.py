@@ -136,9 +136,13 @@ class TextTokenizer:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(self._proto)
-    os.replace(tmp, path)
+    try:
+      with open(tmp, "wb") as f:
+        f.write(self._proto)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):  # the rename failed (e.g. `path` is a directory)
+        os.remove(tmp)
 
   @property
   def fingerprint(self) -> str:

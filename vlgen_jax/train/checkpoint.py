@@ -2,7 +2,8 @@
 params-only export for sampling.
 
 Layout under WORKDIR:
-  config.json                 the run's config (written at start)
+  config.json                 the run's config (written at its first start)
+  config_history/<n>-step<s>.json  the config of each start (n-th, at step s)
   checkpoints/<step>/state    TrainState (Orbax PyTree: step, params, opt_state,
                               model_state, rng, skipped_steps)
   checkpoints/<step>/data     Grain iterator state, one JSON file per process
@@ -24,9 +25,12 @@ shapes is a `UserError` naming the first mismatched path.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Iterator
@@ -107,7 +111,8 @@ class Checkpointer:
         STATE_ITEM: ocp.args.StandardSave(state.to_dict()),
         DATA_ITEM: gc.CheckpointSave(data_iter),
     })
-    return self.manager.save(step, args=args, force=True)
+    with _storage_errors():  # a previous async save's failure shows here
+      return self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, target: TrainState, data_iter: Iterator) -> TrainState:
     """Restores `step` onto `target`'s shardings (ShapeDtypeStructs) and sets
@@ -213,10 +218,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
-    self.manager.wait_until_finished()
+    with _storage_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    with _storage_errors():
+      self.manager.close()
 
 
 def warn(message: str) -> None:
@@ -235,10 +242,66 @@ def _describe(e: BaseException | str, limit: int = 200, strip: str = "") -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# TensorStore reports an OS error inside its message: `... Failed writing:
+# "PATH": ... [os_error_code='28']`.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_FAILED_PATH = re.compile(r'Failed (?:writing|to write|opening|reading)[^"]*"([^"]+)"')
+
+
+def storage_os_error(e: BaseException) -> OSError | None:
+  """The OSError (errno, path) behind a failed Orbax/TensorStore write, if
+  the failure came from the OS (disk full, read-only, permission...)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    code = _OS_ERROR_CODE.search(str(e))
+    if code:
+      path = _FAILED_PATH.search(str(e))
+      number = int(code.group(1))
+      return OSError(number, os.strerror(number), path.group(1) if path else None)
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _DropStorageErrorLogs(logging.Filter):
+  """Orbax's background threads log each failed write (and asyncio each
+  unretrieved one) with a traceback; the same failure is raised in the main
+  thread at the next save or wait and reported there as one line."""
+
+  def filter(self, record):
+    return not _OS_ERROR_CODE.search(record.getMessage() + str(record.exc_info and record.exc_info[1]))
+
+
+_LOG_FILTER = _DropStorageErrorLogs()
+
+
+@contextlib.contextmanager
+def _storage_errors():
+  """Re-raises an OS-level failure of a checkpoint write as that OSError
+  (`vlgen` prints it as one line); other errors pass unchanged."""
+  for name in ("asyncio", "absl"):
+    if _LOG_FILTER not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_LOG_FILTER)
+  _ignore_abandoned_reads()  # failed writes end in the same closed-loop callbacks
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless it is the OS's)
+    error = storage_os_error(e)
+    if error is None or error is e:
+      raise
+    # Orbax's threads still hold the failed writes; the process should exit
+    # without running their teardown (see vlgen_jax/cli.py).
+    error.abandoned_threads = True
+    raise error from e
+
+
 def _ignore_abandoned_reads() -> None:
   """When a restore fails part-way (damaged files), TensorStore still
   completes the reads Orbax gave up on, and their callbacks hit Orbax's closed
-  event loop; Python would print each as an "Exception ignored" traceback.
+  event loop; Python would print each as an "Exception ignored" traceback
+  (failed writes do the same).
   Drops exactly those (installed once, before the first restore attempt)."""
   if getattr(sys.unraisablehook, "_vlgen", False):
     return
@@ -310,16 +373,57 @@ def save_config(workdir, config: ml_collections.ConfigDict, name: str = "config.
   root = workdir_path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   tmp = root / (name + ".tmp")
-  tmp.write_text(config.to_json(indent=2, sort_keys=True))
-  tmp.replace(root / name)
+  tmp.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    tmp.write_text(config.to_json(indent=2, sort_keys=True))
+    tmp.replace(root / name)
+  finally:
+    if tmp.exists():  # a failed write (e.g. disk full) leaves no litter
+      tmp.unlink()
+
+
+CONFIG_HISTORY = "config_history"
+
+
+def record_config(workdir, config: ml_collections.ConfigDict, start_step: int) -> str | None:
+  """Records this start's config: `config.json` is the run's first config
+  (written once, never replaced), and every start adds
+  `config_history/<n>-step<start>.json`. Returns the changed top-level
+  fields against config.json, comma-separated, if any (process 0 only)."""
+  if jax.process_index() != 0:
+    return None
+  root = workdir_path(workdir)
+  history = root / CONFIG_HISTORY
+  history.mkdir(parents=True, exist_ok=True)
+  n = len([p for p in history.iterdir() if p.name.endswith(".json")])
+  save_config(workdir, config, f"{CONFIG_HISTORY}/{n:03d}-step{start_step}.json")
+  first = root / "config.json"
+  if not first.exists():
+    save_config(workdir, config)
+    return None
+  try:
+    before = json.loads(first.read_text())
+  except ValueError:
+    before = {}
+  now = json.loads(config.to_json())
+  changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+  return ", ".join(changed) or None
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  """The config of a run: `export/config.json`, else `config.json`."""
+  """The config of a run: `export/config.json`, else `config.json` (a
+  damaged one is skipped with a warning)."""
   root = workdir_path(workdir)
+  problems = []
   for path in (root / EXPORT / "config.json", root / "config.json"):
     if path.exists():
-      return ml_collections.ConfigDict(json.loads(path.read_text()))
+      try:
+        return ml_collections.ConfigDict(json.loads(path.read_bytes().decode("utf-8")))
+      except (ValueError, TypeError) as e:  # incl. UnicodeDecodeError
+        problems.append(f"{path}: {_describe(e, 120)}")
+        warn(f"{path} is unusable ({_describe(e, 120)}); trying the next config")
+  if problems:
+    raise UserError(f"no usable config.json in {workdir} ({'; '.join(problems)})")
   raise UserError(f"no config.json in {workdir} (not a vlgen train workdir?)")
 
 
@@ -464,21 +568,49 @@ def load_train_state(workdir, step: int, shardings=None) -> dict:
 def load_params(workdir, step: int | None = None, shardings=None) -> PyTree:
   """Params only (no optimizer state) of a run, placed on `shardings`.
 
-  `step=None`: the newest of the export and the latest checkpoint; an int:
-  that checkpoint step. `shardings`: None (replicated on all devices), one
+  `step=None`: the newest usable of the export and the checkpoints (a damaged
+  one is skipped with a warning, as training's restore does); an int: that
+  checkpoint step. `shardings`: None (replicated on all devices), one
   `jax.sharding.Sharding` for every leaf, or a tree of them like the params.
   """
+  if step is None:
+    return newest_usable_params(workdir, shardings)[1]
   root = workdir_path(workdir)
   steps = checkpoint_steps(workdir)
-  exported = export_step(workdir)
-  if step is None:
-    if exported is not None and (not steps or exported >= steps[-1]):
-      return _restore_tree(root / EXPORT / "params", shardings, None)
-    if not steps:
-      raise UserError(f"no checkpoint or export in {workdir}")
-    step = steps[-1]
   if step not in steps:
-    if step == exported:
+    if step == export_step(workdir):
       return _restore_tree(root / EXPORT / "params", shardings, None)
     raise UserError(f"no checkpoint for step {step} in {workdir} (have: {steps or 'none'})")
   return _restore_tree(root / CHECKPOINTS / str(step) / STATE_ITEM, shardings, "params")
+
+
+def newest_usable_params(workdir, shardings=None) -> tuple[int, PyTree]:
+  """(step, params) of the newest export or checkpoint that reads back
+  cleanly. Unusable ones are skipped with a warning (and left in place: this
+  only reads); none usable is a UserError naming each one's problem."""
+  root = workdir_path(workdir)
+  candidates = [(s, root / CHECKPOINTS / str(s) / STATE_ITEM, "params", f"checkpoint step {s}")
+                for s in checkpoint_steps(workdir)]
+  try:
+    exported = export_step(workdir)
+  except (ValueError, KeyError, OSError) as e:  # a damaged meta.json
+    exported = None
+    warn(f"export in {root / EXPORT} is unusable ({_describe(e)}); trying the checkpoints")
+  if exported is not None:
+    # The export wins a tie: it is what the run handed on.
+    candidates.append((exported + 0.5, root / EXPORT / "params", None, f"export (step {exported})"))
+  if not candidates:
+    raise UserError(f"no checkpoint or export in {workdir}")
+  failures = []
+  for order, path, subtree, what in sorted(candidates, key=lambda c: c[0], reverse=True):
+    try:
+      params = _restore_tree(path, shardings, subtree)
+    except (UserError, MemoryError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (damage shows as any error)
+      failures.append(f"{what}: {_describe(e, 120, strip=f'{root}/')}")
+      warn(f"{what} in {workdir} is unusable ({_describe(e, strip=f'{root}/')}); trying an older "
+           "one")
+      continue
+    return int(order), params
+  raise UserError(f"no usable params in {workdir} ({'; '.join(failures)})")

@@ -6,6 +6,7 @@ task.py) supplies the model, loss and input; everything else lives here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from vlgen_jax import locks
 from vlgen_jax.train import checkpoint as ckpt_lib
 from vlgen_jax.train import mesh as mesh_lib
 from vlgen_jax.train import metrics as metrics_lib
@@ -26,7 +28,14 @@ from vlgen_jax.tasks import build_task
 
 
 class NonFiniteError(RuntimeError):
-  """Raised under nan_policy=halt when a step's loss or gradient norm is not finite."""
+  """Raised under nan_policy=halt when a step's loss or gradient norm is not
+  finite, and under either policy when every step of a run was."""
+
+
+def _all_skipped(first: int, last: int, workdir) -> str:
+  return (f"every step ({first}..{last}) had a non-finite loss or gradients and was skipped: "
+          f"nothing was trained and nothing exported to {workdir}/export; check the config "
+          "(e.g. lower optimizer.learning_rate) and start a new --workdir")
 
 
 def abstract_train_state(task, config, mesh, rules, key, example_abstract):
@@ -52,9 +61,18 @@ def abstract_train_state(task, config, mesh, rules, key, example_abstract):
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
           ) -> step_lib.TrainState:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and
-  returns the final state. Stops early, after saving, on SIGTERM/SIGINT."""
+  returns the final state. Stops early, after saving, on SIGTERM/SIGINT.
+  Holds the workdir's lock (vlgen_jax/locks.py) throughout: a second run on
+  the same workdir is a UserError naming this one."""
   # ---- checks (before anything compiles) ----------------------------------------
   validation.check_config(config)
+  locks.check_dir_arg(workdir, "--workdir")
+  # Only process 0 locks: all processes of one run share the workdir.
+  with locks.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train(config, workdir, devices)
+
+
+def _train(config, workdir, devices):
   task = build_task(config)
 
   # ---- mesh ----------------------------------------------------------------------
@@ -121,8 +139,8 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
       if init_params is not None:
         state = state.replace(params=init_params)
     start = int(jax.device_get(state.step))
-    # Only now: a config rejected above must not replace the run's record.
-    ckpt_lib.save_config(workdir, config)
+    # Only now: a config rejected above must not enter the run's record.
+    changed = ckpt_lib.record_config(workdir, config, start)
 
     # ---- update step -----------------------------------------------------------------
     train_step = jax.jit(
@@ -136,6 +154,9 @@ def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None
                         out_shardings=replicated)
     writer = metrics_lib.MetricWriter(workdir, enabled=primary, total_steps=int(config.total_steps),
                                       initial_step=start)
+    if changed:
+      writer.text(f"config differs from the run's first one ({workdir}/config.json) in: {changed}; "
+                  f"each start's config is in {workdir}/{ckpt_lib.CONFIG_HISTORY}/")
 
     def run_eval(step: int, state) -> None:
       totals, count = None, 0
@@ -181,6 +202,8 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
   multi_process = jax.process_count() > 1
   if start >= total:
     writer.text(f"step {start} >= total_steps {total}: nothing to train")
+    if start and int(jax.device_get(state.skipped_steps)) == start:
+      raise NonFiniteError(_all_skipped(1, start, workdir))
     if ckpt_lib.export_step(workdir) != start:  # e.g. stopped between the last save and export
       ckpt_lib.export(workdir, start, state.params, state.model_state, config, task.export_files())
     return state
@@ -246,6 +269,9 @@ def _loop(config, workdir, task, mesh, state, start, train_iter, train_step, run
       raise KeyboardInterrupt
     return state
   checkpointer.wait()
+  if int(jax.device_get(state.skipped_steps)) - skipped_before == step - start:
+    # Nothing was learnt: exporting would hand the untrained params on as a result.
+    raise NonFiniteError(_all_skipped(start + 1, step, workdir))
   exported = ckpt_lib.export(workdir, step, state.params, state.model_state, config,
                              task.export_files())
   writer.text(f"done: step {step}; params exported to {exported}")

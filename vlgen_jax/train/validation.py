@@ -3,16 +3,58 @@ clear line (UserError). Unknown keys given on the command line are caught
 when the override is applied (vlgen_jax/config.py)."""
 from __future__ import annotations
 
+import ml_collections
+
 from vlgen_jax.errors import UserError
 from vlgen_jax.train import numerics
 from vlgen_jax.train.defaults import trainer_config
 from vlgen_jax.train.optimizer import OPTIMIZERS, SCHEDULES
 
 NAN_POLICIES = ("skip", "halt")
+MAX_STEPS = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_types(config, defaults, where: str = "config") -> None:
+  """Every field `defaults` defines is present in `config` with a compatible
+  type (an int for an int, a number for a float, ...): a config file built
+  without the defaults, or a hand-edited config.json, fails here in one line."""
+  for key, default in defaults.items():
+    name = f"{where}.{key}"
+    if key not in config:
+      raise UserError(f"{name} is missing; build configs on "
+                      "vlgen_jax.train.defaults.trainer_config()")
+    value = config[key]
+    if isinstance(default, (dict, ml_collections.ConfigDict)):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise UserError(f"{name} must be a group of fields, got {value!r}")
+      if key != "optimizers":  # keyed by task labels: checked below
+        check_types(value, default, name)
+      continue
+    expected = _expected_type(default)
+    if expected and not isinstance(value, expected[0]) or (
+        isinstance(value, bool) and not isinstance(default, bool)):
+      raise UserError(f"{name} must be {expected[1] if expected else type(default).__name__}, "
+                      f"got {value!r}")
+
+
+def _expected_type(default):
+  if isinstance(default, bool):
+    return bool, "true or false"
+  if isinstance(default, int):
+    return int, "an integer"
+  if isinstance(default, float):
+    return (int, float), "a number"
+  if isinstance(default, str):
+    return str, "a string"
+  if isinstance(default, (tuple, list)):
+    return (tuple, list), "a sequence"
+  return None
 
 
 def check_config(config) -> None:
   """Static checks of the trainer fields (no devices needed)."""
+  check_types(config, trainer_config())
   if not config.get("task"):
     raise UserError("config.task is empty; set it to a task name (e.g. toy, t2i, vq)")
   for key in ("total_steps", "batch_size", "micro_batches", "log_every"):
@@ -21,6 +63,8 @@ def check_config(config) -> None:
   for key in ("eval_every", "checkpoint_every", "eval_steps", "max_to_keep", "eval_batch_size"):
     if int(config[key]) < 0:
       raise UserError(f"config.{key} must be >= 0, got {config[key]}")
+  if int(config.total_steps) > MAX_STEPS:  # the step counter is int32
+    raise UserError(f"config.total_steps must be <= {MAX_STEPS}, got {config.total_steps}")
   if config.nan_policy not in NAN_POLICIES:
     raise UserError(f"config.nan_policy must be one of {', '.join(NAN_POLICIES)}, "
                     f"got: {config.nan_policy}")
@@ -47,8 +91,10 @@ def _check_optimizer(where: str, opt, known) -> None:
   schedule = opt.get("schedule", "cosine")
   if schedule not in SCHEDULES:
     raise UserError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}, got: {schedule}")
-  if "learning_rate" in opt and float(opt.learning_rate) < 0:
-    raise UserError(f"{where}.learning_rate must be >= 0, got {opt.learning_rate}")
+  if "learning_rate" in opt and not 0 <= float(opt.learning_rate) <= FLOAT32_MAX:
+    # The update is computed in float32: a larger rate makes every step inf.
+    raise UserError(f"{where}.learning_rate must be a finite number >= 0 (at most {FLOAT32_MAX:.3g}), "
+                    f"got {opt.learning_rate}")
 
 
 def check_batch(config, *, data_parallel: int) -> None:

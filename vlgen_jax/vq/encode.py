@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--step", type=int, default=None,
                       help="checkpoint step of the tokenizer (default: its export/latest)")
   parser.add_argument("--threads", type=int, default=4, help="image decoding threads")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --output (kept until the new one is complete)")
+  # Fault injection for tests/reliability: SIGTERM to itself after N batches.
+  parser.add_argument("--debug-sigterm-after-batches", type=int, default=0,
+                      help=argparse.SUPPRESS)
 
 
 def _records_of(raw: dict, resolution: int):
@@ -108,8 +113,10 @@ class PatchStats:
 
 def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: int,
                  process_count: int, threads: int = 4, progress: bool = True,
-                 patch_stats: PatchStats | None = None) -> dict[str, int]:
-  """Encodes this process's share of `source` into `writer`; returns counts.
+                 patch_stats: PatchStats | None = None, should_stop=None
+                 ) -> dict[str, int] | None:
+  """Encodes this process's share of `source` into `writer`; returns counts,
+  or None if `should_stop()` (asked before each batch) said to stop.
   With `patch_stats`, also adds each valid image's patches to it.
 
   Collective over all processes (same number of `tokenizer.encode_global`
@@ -137,6 +144,9 @@ def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: i
              disable=not progress, dynamic_ncols=True, mininterval=1.0)
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     for s in range(steps):
+      if should_stop is not None and should_stop():
+        bar.close()
+        return None
       idx = range(min(lo + s * local_batch, hi), min(lo + (s + 1) * local_batch, hi))
       loaded = list(pool.map(load, idx))
       images = [r[0][0] if r[0] is not None else empty for r in loaded]
@@ -161,7 +171,26 @@ def encode_split(tokenizer, source, writer, *, batch_size: int, process_index: i
   return counts
 
 
+PROGRESS_FILE = "encode_progress.json"
+
+
+def _sync(name: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def run(args) -> int:
+  """Validates every option, then encodes into `<output>.partial` under the
+  output's lock, one split at a time; SIGTERM/SIGINT stop at the next batch
+  (exit 143/130) and a rerun with the same options resumes after the last
+  finished split. The output appears (or replaces the old one, --overwrite)
+  only when complete."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  from vlgen_jax import locks, partial as partial_lib  # pylint: disable=g-import-not-at-top
   from vlgen_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
@@ -169,15 +198,22 @@ def run(args) -> int:
   from vlgen_jax.config import load_config  # pylint: disable=g-import-not-at-top
   from vlgen_jax.data import pipeline, sources, token_records  # pylint: disable=g-import-not-at-top
   from vlgen_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from vlgen_jax.train.preemption import StopSignals  # pylint: disable=g-import-not-at-top
   from vlgen_jax.vq.api import VQTokenizer  # pylint: disable=g-import-not-at-top
 
   if not os.path.isdir(args.workdir):
     raise UserError(f"--workdir {args.workdir} does not exist")
   if args.batch_size < 1 or args.num_shards < 1 or args.threads < 1:
     raise UserError("--batch-size, --num-shards and --threads must be >= 1")
-  splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-  if not splits:
+  partial_lib.check_output(args.output, args.overwrite)
+  output = os.path.normpath(args.output)
+  items = [s.strip() for s in args.splits.split(",") if s.strip()]
+  if not items:
     raise UserError("--splits is empty")
+  # "train[:1000]" is written as split "train"; "validation=train[95%:]" as "validation".
+  named = [(n.strip(), sp.strip()) if eq else (None, item)
+           for item in items for n, eq, sp in [item.partition("=")]]
+  splits = [split for _, split in named]
   if args.config:
     config = load_config(args.config, args.config_overrides)
   else:
@@ -189,12 +225,23 @@ def run(args) -> int:
   if data.get("source", "tfds") == "tokens":
     raise UserError("--config's data is already a token dataset (data.source=tokens); "
                     "give a config whose data has images")
+  pcount, pindex = jax.process_count(), jax.process_index()
+  # Every split opens (and is sized) before any is encoded.
+  split_sources = {split: pipeline.make_source(data, split) for split in splits}
+  names = [name or sources.parse_split(split)[0] for name, split in named]
+  if len(set(names)) != len(names):
+    raise UserError(f"--splits writes a split twice: {', '.join(names)} "
+                    "(name slices of one split with NAME=SPLIT)")
+  for split, source in split_sources.items():
+    per_process = len(source) // pcount
+    if args.num_shards > max(1, per_process):
+      raise UserError(f"--num-shards {args.num_shards} is more than the {per_process} records "
+                      f"per process of split {split}; use at most {max(1, per_process)}")
 
   tokenizer = VQTokenizer.from_workdir(args.workdir, step=args.step)
   if int(data.resolution) != tokenizer.resolution:
     raise UserError(f"data.resolution={data.resolution} but the tokenizer was trained at "
                     f"{tokenizer.resolution}")
-  pcount, pindex = jax.process_count(), jax.process_index()
   devices = tokenizer.mesh.devices.size
   batch_size = -(-args.batch_size // devices) * devices
   step = checkpoint.export_step(args.workdir)
@@ -203,34 +250,75 @@ def run(args) -> int:
           "vq_step": args.step if args.step is not None else step,
           "data": {"source": data.source, "name": data.get("name", ""),
                    "data_dir": data.get("data_dir", "")}}
-  summary = {}
-  named = []
-  for item in splits:
-    name, eq, split = item.partition("=")
-    # "train[:1000]" is written as split "train"; "validation=train[95%:]" as "validation".
-    named.append((name.strip(), split.strip()) if eq else (sources.parse_split(item)[0], item))
-  names = [n for n, _ in named]
-  if len(set(names)) != len(names):
-    raise UserError(f"--splits writes a split twice: {', '.join(names)} "
-                    "(name slices of one split with NAME=SPLIT)")
-  for split_name, split in named:
-    source = pipeline.make_source(data, split)
-    writer = token_records.TokenRecordWriter(
-        args.output, split_name, args.num_shards, meta,
-        process_index=pindex, process_count=pcount)
-    # What each code looks like in the training images (model.code_embedding
-    # = "appearance" reads it).
-    stats = (PatchStats(tokenizer.num_codes, tokenizer.model_config.factor)
-             if split_name == "train" else None)
-    with writer:
-      counts = encode_split(tokenizer, source, writer, batch_size=batch_size,
-                            process_index=pindex, process_count=pcount, threads=args.threads,
-                            progress=pindex == 0, patch_stats=stats)
-    if stats is not None:
-      sums, code_counts = stats.all_processes()
-      if pindex == 0:
-        token_records.write_code_appearance(args.output, sums, code_counts)
-    summary[split] = counts
-    if pindex == 0:
-      print(f"{split}: " + json.dumps(counts, sort_keys=True))
+  # What must match for a rerun to resume an interrupted encode.
+  options = {"meta": meta, "splits": items, "num_shards": args.num_shards,
+             "batch_size": batch_size, "process_count": pcount,
+             "data": json.loads(data.to_json())}
+  primary = pindex == 0
+  batches = [0]
+
+  def stop_after_debug_batches():
+    batches[0] += 1
+    if batches[0] == args.debug_sigterm_after_batches + 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  out = partial_lib.PartialOutput(output, options, PROGRESS_FILE)
+  partial = out.path
+  with locks.output_lock(output) if primary else contextlib.nullcontext():
+    # Again, now that no other encode can write it.
+    partial_lib.check_output(output, args.overwrite)
+    progress = out.open({}) if primary else None
+    if progress is not None and progress["done"]:
+      print(f"resuming {partial}: splits done: {', '.join(progress['done'])}", flush=True)
+    _sync("vlgen_encode_partial")
+    if progress is None:
+      progress = out.read()
+    with StopSignals() as signals:
+
+      def should_stop():
+        if args.debug_sigterm_after_batches:
+          stop_after_debug_batches()
+        return signals.agree()
+
+      for split, split_name in zip(splits, names):
+        if split_name in progress["done"]:
+          continue
+        source = split_sources[split]
+        writer = token_records.TokenRecordWriter(
+            partial, split_name, args.num_shards, meta, process_index=pindex, process_count=pcount)
+        # What each code looks like in the training images (model.code_embedding
+        # = "appearance" reads it).
+        stats = (PatchStats(tokenizer.num_codes, tokenizer.model_config.factor)
+                 if split_name == "train" else None)
+        try:
+          counts = encode_split(tokenizer, source, writer, batch_size=batch_size,
+                                process_index=pindex, process_count=pcount,
+                                threads=args.threads, progress=primary, patch_stats=stats,
+                                should_stop=should_stop)
+        except BaseException:
+          writer.discard()
+          raise
+        if counts is None:
+          writer.discard()
+          done = ", ".join(progress["done"]) or "none"
+          print(f"stopped by {signal.Signals(signals.received).name} during split {split}; "
+                f"finished splits kept in {partial} ({done}); rerun the same command to resume",
+                flush=True)
+          if signals.received == signal.SIGINT:
+            raise KeyboardInterrupt
+          return partial_lib.STOPPED
+        writer.close()
+        if stats is not None:
+          sums, code_counts = stats.all_processes()
+          if primary:
+            token_records.write_code_appearance(partial, sums, code_counts)
+        _sync(f"vlgen_encode_{split_name}")
+        if primary:
+          progress["done"][split_name] = counts
+          out.save(progress)
+          print(f"{split}: " + json.dumps(counts, sort_keys=True), flush=True)
+    _sync("vlgen_encode_done")
+    if primary:
+      out.publish()
+      print(f"wrote {output}", flush=True)
   return 0
