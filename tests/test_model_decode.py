@@ -160,3 +160,30 @@ def test_cache_is_sharded_by_the_logical_rules():
     for buffer in cache[name]:
       spec = tuple(buffer.sharding.spec)
       assert spec + (None,) * (4 - len(spec)) == (("data", "fsdp"), "tensor", None, None)
+
+
+def test_int8_decoder_weights_halve_bf16_bytes_and_keep_the_logits():
+  from vlgen_jax.sample.quantize import quantize_int8, weight_bytes
+  from vlgen_jax.train import sharding
+  model, boxed, fns = _setup("learned")
+  params = sharding.unbox(boxed)
+  quantized = quantize_int8(params)
+  kernels = lambda tree: [v for path, v in jax.tree_util.tree_flatten_with_path(  # noqa: E731
+      tree["decoder"]["layers"])[0] if "'kernel'" in jax.tree_util.keystr(path)]
+  assert all(k.dtype == jnp.int8 for k in kernels(quantized))
+  bf16 = sum(k.size * 2 for k in kernels(params))
+  assert weight_bytes(kernels(quantized)) * 2 == bf16
+  text = _text()
+  tokens = np.random.default_rng(5).integers(0, 50, (3, 12)).astype(np.int32)
+  full = np.asarray(fns["forward"](params, text, tokens))[..., :50]
+  # Same jitted forward, new tree (kernel_scale leaves): a retrace, not new code.
+  got = np.asarray(jax.jit(lambda p, t, i: model.apply({"params": p}, t, i))(
+      quantized, text, tokens))[..., :50]
+  rel = np.max(np.abs(got - full)) / np.max(np.abs(full))
+  assert 0 < rel < 0.03, rel
+  # The decode path reads the same quantized weights.
+  greedy = make_sampler(model, SamplingOptions(temperature=0.0))
+  out = np.asarray(greedy(quantized, text, jax.random.split(jax.random.key(0), 3)))
+  logits = np.asarray(jax.jit(lambda p, t, i: model.apply({"params": p}, t, i))(
+      quantized, text, out))
+  np.testing.assert_array_equal(np.argmax(logits, axis=-1), out)
