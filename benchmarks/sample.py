@@ -1,18 +1,27 @@
-"""Sampling throughput: KV cache vs full recompute, CFG on/off, batch sizes.
+"""Sampling speed: per-step time vs batch, guidance cost, AR vs Jacobi, and a
+plain PyTorch reference.
 
-Prints a table and one JSON object (last line). On an accelerator it also
-reports the memory-bandwidth floor: every decode step must read the weights
-and the KV cache once, so a step cannot take less than
-(param bytes + cache bytes) / HBM bandwidth.
+For each batch size every variant is compiled first, then the variants are
+timed alternately (`--repeats` rounds, the minimum is kept), so ratios within
+one run share the box's load. Variants: the JAX sampler (KV cache, or full
+recompute with `--modes full` at small batches) for each guidance scale and
+decoding ("ar", "jacobi" with `--draft-len`), and, when `import torch` works,
+`torch_decoder.TorchSampler` (eager PyTorch, Python loop over tokens, in-place
+KV cache; what users of LlamaGen-style code run) with the same shapes.
+Reported per row: wall time per batch, sequential decoder calls per image
+(N for AR; the batch's while-loop iterations for Jacobi), ms per call, µs
+per token, tokens/s, images/s; on an accelerator also the HBM floor (every
+call reads the weights and the caches once: (param bytes + cache bytes) /
+bandwidth per call). Prints a table and one JSON line.
 
-  python benchmarks/sample.py                       # small config, 256 tokens (16x16)
-  python benchmarks/sample.py --config configs/parti.py:750m --grid 32 --batch-sizes 8 \
-      --modes cached --cfg 3 --dtype bfloat16       # the Parti-750M goal on one GPU
+  python benchmarks/sample.py                         # small model, 64 tokens
+  python benchmarks/sample.py --config configs/parti.py:750m --small=false \\
+      --config.model.image_grid='(32,32)' --batch-sizes 8 --cfg 3 \\
+      --config.dtype=bfloat16 --torch no            # the Parti-750M goal on one GPU
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
@@ -28,9 +37,12 @@ HBM_BANDWIDTH = (
     ("v5p", 2.76e12), ("tpu v4", 1.2e12),
 )
 
-SMALL = ["--config.model.d_model=256", "--config.model.num_heads=8", "--config.model.mlp_dim=1024",
-         "--config.model.encoder_layers=2", "--config.model.decoder_layers=4",
-         "--config.model.image_vocab_size=512", "--config.model.text_length=16"]
+# The shapes issue 18 measured against PyTorch: d 256, 4 heads, 4 + 4 layers,
+# MLP 1024, 512 codes, 8x8 = 64 image tokens.
+SMALL = ["--config.model.d_model=256", "--config.model.num_heads=4", "--config.model.mlp_dim=1024",
+         "--config.model.encoder_layers=4", "--config.model.decoder_layers=4",
+         "--config.model.image_vocab_size=512", "--config.model.text_length=16",
+         "--config.model.image_grid=(8,8)"]
 
 
 def bandwidth(device) -> float | None:
@@ -40,129 +52,204 @@ def bandwidth(device) -> float | None:
   return next((bw for needle, bw in HBM_BANDWIDTH if needle in kind), None)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse(argv):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/t2i_tiny.py")
   p.add_argument("--small", action=argparse.BooleanOptionalAction, default=None,
-                 help="apply the small-model overrides (default: on for t2i_tiny)")
-  p.add_argument("--grid", type=int, default=16, help="image token grid side (tokens = grid^2)")
-  p.add_argument("--batch-sizes", default="1,8,32", help="e.g. 1,8,64")
-  p.add_argument("--modes", default="cached,full")
+                 help="apply the small-model overrides (default: on for t2i_tiny); "
+                      "--config.X=Y overrides apply after them")
+  p.add_argument("--batch-sizes", default="1,8,32,64")
+  p.add_argument("--modes", default="cached", help="cached,full")
+  p.add_argument("--decoding", default="ar,jacobi")
+  p.add_argument("--draft-len", type=int, default=16)
   p.add_argument("--cfg", default="1,3", help="guidance scales to run (1 = off)")
-  p.add_argument("--plausibility", default="0",
-                 help="plausibility floors to run, e.g. 0,0.3 (0 = off; sampler.keep_plausible)")
+  p.add_argument("--plausibility", default="0", help="plausibility floors, e.g. 0,0.3")
+  p.add_argument("--top-k", type=int, default=100)
   p.add_argument("--full-max-batch", type=int, default=1,
                  help="skip full recompute above this batch (it is slow by design)")
-  p.add_argument("--dtype", default="auto")
-  p.add_argument("--repeats", type=int, default=1)
+  p.add_argument("--torch", choices=("auto", "yes", "no"), default="auto",
+                 help="PyTorch reference rows (auto: when torch imports)")
+  p.add_argument("--torch-threads", type=int, default=1,
+                 help="torch.set_num_threads for the reference (0 = torch's default). On a "
+                      "shared 2-core box torch's OpenMP threads spin-wait: 2 threads ran the "
+                      "batch-8 reference 17-30x slower than 1, so 1 is its fair setting there")
+  p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--json-out", default="")
-  args = p.parse_args(argv)
+  rest = list(sys.argv[1:] if argv is None else argv)
+  args, unknown = p.parse_known_args([a for a in rest if not a.startswith("--config.")])
+  if unknown:
+    p.error(f"unrecognized arguments: {' '.join(unknown)}")
+  args.config_overrides = [a for a in rest if a.startswith("--config.")]
+  return args
 
+
+def main(argv=None) -> int:
+  args = parse(argv)
   import jax
   import jax.numpy as jnp
   import numpy as np
   from vlgen_jax.config import load_config
   from vlgen_jax.model.spec import ModelSpec
   from vlgen_jax.model.t2i import Model
-  from vlgen_jax.tasks.t2i import empty_caption_ids
   from vlgen_jax.sample import sampler
+  from vlgen_jax.tasks.t2i import empty_caption_ids
   from vlgen_jax.train import sharding
   from vlgen_jax.train.metrics import peak_flops
 
+  torch_sampler = None
+  if args.torch != "no":
+    try:
+      import torch
+      from benchmarks.torch_decoder import TorchSampler
+    except ImportError:
+      if args.torch == "yes":
+        raise
+    else:
+      torch_sampler = TorchSampler
+
   small = args.small if args.small is not None else args.config.endswith("t2i_tiny.py")
-  overrides = (SMALL if small else []) + [
-      f"--config.model.image_grid=({args.grid},{args.grid})", f"--config.dtype={args.dtype}"]
-  config = load_config(args.config, overrides)
+  config = load_config(args.config, (SMALL if small else []) + args.config_overrides)
   spec = ModelSpec.from_config(config)
   model = Model(spec)
   device = jax.devices()[0]
+  n_tok = spec.num_image_tokens
   text_len = spec.text_length
 
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, text_len), jnp.int32),
-                            jnp.zeros((1, spec.num_image_tokens), jnp.int32))["params"]
-  params = jax.jit(lambda k: sharding.unbox(model.init(
-      k, jnp.zeros((1, text_len), jnp.int32),
-      jnp.zeros((1, spec.num_image_tokens), jnp.int32))["params"]))(jax.random.key(0))
-  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(sharding.unbox(abstract)))
-  n_params = sum(x.size for x in jax.tree.leaves(sharding.unbox(abstract)))
+  dummy = (jnp.zeros((1, text_len), jnp.int32), jnp.zeros((1, n_tok), jnp.int32))
+  abstract = sharding.unbox(jax.eval_shape(model.init, jax.random.key(0), *dummy)["params"])
+  params = jax.jit(lambda k: sharding.unbox(model.init(k, *dummy)["params"]))(jax.random.key(0))
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+  n_params = sum(x.size for x in jax.tree.leaves(abstract))
   empty = empty_caption_ids(config)
   bw = bandwidth(device)
   peak = peak_flops(device)
   act_bytes = jnp.dtype(spec.compute_dtype()).itemsize
+  ref = torch_sampler(spec) if torch_sampler else None
+  if ref is not None and args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
 
-  rows = []
   print(f"device: {device.device_kind} ({device.platform}); params: {n_params/1e6:.2f}M; "
-        f"tokens per image: {spec.num_image_tokens}; dtype: {spec.compute_dtype().__name__}")
-  for mode in args.modes.split(","):
-    for cfg, floor_a, bs in itertools.product(
-        [float(c) for c in args.cfg.split(",")], [float(a) for a in args.plausibility.split(",")],
-        [int(b) for b in args.batch_sizes.split(",")]):
-      if mode == "full" and bs > args.full_max_batch:
+        f"tokens per image: {n_tok}; dtype: {spec.compute_dtype().__name__}; "
+        f"torch: {torch.__version__ + ' (' + str(torch.get_num_threads()) + ' threads)' if ref else 'no'}",
+        flush=True)
+  rows = []
+  cfgs = [float(c) for c in args.cfg.split(",")]
+  floors = [float(a) for a in args.plausibility.split(",")]
+  for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    text_np = np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len))
+    text = jnp.asarray(text_np, jnp.int32)
+    variants = []
+    for mode, decoding, cfg, floor in itertools.product(
+        args.modes.split(","), args.decoding.split(","), cfgs, floors):
+      if (mode == "full" and (bs > args.full_max_batch or decoding != "ar")):
         continue
-      opts = sampler.SamplingOptions(temperature=1.0, top_k=100, cfg_scale=cfg,
-                                     plausibility=floor_a)  # make_sampler validates
-      fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"))
-      text = jnp.asarray(np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len)),
-                         jnp.int32)
-      keys = sampler.image_keys(0, 0, bs)
+      opts = sampler.SamplingOptions(temperature=1.0, top_k=args.top_k, cfg_scale=cfg,
+                                     plausibility=floor, decoding=decoding,
+                                     draft_len=args.draft_len)
+      fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"),
+                                with_calls=True)
+      row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
+             "plausibility": floor, "batch": bs}
+      variants.append((row, lambda r, fn=fn: fn(params, text, sampler.image_keys(r, 0, bs))))
+    if ref is not None:
+      text_t = torch.as_tensor(text_np, dtype=torch.long)
+      for cfg in cfgs:
+        row = {"impl": "torch", "mode": "cached", "decoding": "ar", "cfg_scale": cfg,
+               "plausibility": 0.0, "batch": bs}
+        variants.append((row, lambda r, cfg=cfg: (
+            torch.manual_seed(r), ref.sample(text_t, cfg_scale=cfg, top_k=args.top_k))[1]))
+
+    def call(fn, r):
       t0 = time.perf_counter()
-      fn(params, text, keys).block_until_ready()
-      compile_s = time.perf_counter() - t0
-      times = []
-      for r in range(args.repeats):
-        keys = sampler.image_keys(r + 1, 0, bs)
-        t0 = time.perf_counter()
-        fn(params, text, keys).block_until_ready()
-        times.append(time.perf_counter() - t0)
-      t = min(times)
-      row = {"mode": mode, "cfg_scale": cfg, "plausibility": floor_a, "batch": bs, "seconds": t,
-             "first_call_s": compile_s, "images_per_s": bs / t,
-             "tokens_per_s": bs * spec.num_image_tokens / t}
-      # Model FLOPs of cached decoding: 2 x params per token and row (x2 rows
-      # with CFG); MFU is n/a on CPU (no peak in the table).
-      rows_per_image = 2 if cfg != 1.0 else 1
-      flops = 2.0 * n_params * rows_per_image * bs * spec.num_image_tokens
-      row["mfu"] = flops / t / peak if (peak and mode == "cached") else None
-      if bw and mode == "cached":
-        rows_in_batch = bs * (2 if cfg != 1.0 else 1)
-        cache_bytes = (2 * spec.decoder_layers * rows_in_batch * spec.num_image_tokens *
-                       spec.num_heads * spec.head_dim * act_bytes +
-                       2 * spec.decoder_layers * rows_in_batch * text_len * spec.num_heads *
-                       spec.head_dim * act_bytes)
-        floor = spec.num_image_tokens * (param_bytes + cache_bytes) / bw
-        row.update(floor_s=floor, ratio_to_floor=t / floor)
+      out = fn(r)
+      if isinstance(out, tuple):  # jax: (tokens, calls)
+        jax.block_until_ready(out)
+        calls = int(out[1])
+      else:
+        calls = n_tok
+      return time.perf_counter() - t0, calls
+
+    for row, fn in variants:  # compile / warm up
+      row["first_call_s"], _ = call(fn, 0)
+    times = {id(row): [] for row, _ in variants}
+    for r in range(args.repeats):  # alternate variants, one call each per round
+      for row, fn in variants:
+        seconds, calls = call(fn, r + 1)
+        times[id(row)].append(seconds)
+        row.setdefault("calls", []).append(calls)
+    for row, _ in variants:
+      t = min(times[id(row)])
+      calls = float(np.mean(row["calls"]))
+      row.update(seconds=t, calls=calls, ms_per_call=t / calls * 1e3,
+                 us_per_token=t / (bs * n_tok) * 1e6, tokens_per_s=bs * n_tok / t,
+                 images_per_s=bs / t)
+      rows_per_image = 2 if row["cfg_scale"] != 1.0 else 1
+      flops = 2.0 * n_params * rows_per_image * bs * n_tok
+      row["mfu"] = flops / t / peak if (peak and row["impl"] == "jax") else None
+      if bw and row["impl"] == "jax" and row["mode"] == "cached":
+        cache_rows = bs * rows_per_image
+        cache_bytes = 2 * spec.decoder_layers * cache_rows * (n_tok + text_len) * \
+            spec.num_heads * spec.head_dim * act_bytes
+        floor_s = row["calls"] * (param_bytes + cache_bytes) / bw
+        row.update(floor_s=floor_s, ratio_to_floor=t / floor_s)
       rows.append(row)
-      print(f"{mode:>6}  cfg={cfg:<4g} a={floor_a:<4g} batch={bs:<3d} {t*1e3:10.1f} ms  "
-            f"{row['tokens_per_s']:10.0f} tok/s  {row['images_per_s']:8.2f} img/s  "
-            f"MFU {'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}"
+      print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} cfg={row['cfg_scale']:<3g} "
+            f"a={row['plausibility']:<4g} batch={bs:<3d} {t*1e3:9.1f} ms  "
+            f"calls {calls:6.1f}  {row['ms_per_call']:7.2f} ms/call  "
+            f"{row['us_per_token']:8.1f} us/token  {row['tokens_per_s']:8.0f} tok/s"
             + (f"  {row['ratio_to_floor']:.2f}x floor" if "ratio_to_floor" in row else ""),
             flush=True)
 
-  speedups = {}
+  def find(**kw):
+    return next((r for r in rows if all(r[k] == v for k, v in kw.items())), None)
+
+  base = dict(mode="cached", plausibility=floors[0])
+  summary = {}
   for r in rows:
-    if r["mode"] == "full":
-      c = next((x for x in rows if x["mode"] == "cached" and x["batch"] == r["batch"]
-                and x["cfg_scale"] == r["cfg_scale"]
-                and x["plausibility"] == r["plausibility"]), None)
-      if c:
-        key = f"batch{r['batch']}_cfg{r['cfg_scale']:g}_a{r['plausibility']:g}"
-        speedups[key] = r["seconds"] / c["seconds"]
-  print("\n| mode | cfg | plausibility | batch | ms | tokens/s | images/s | MFU |\n"
-        "|---|---|---|---|---|---|---|---|")
+    b, cfg = r["batch"], r["cfg_scale"]
+    if r["impl"] == "jax" and r["mode"] == "cached" and r["decoding"] == "ar":
+      b8 = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=8, **base)
+      if b8 and r["plausibility"] == floors[0]:
+        summary[f"token_time_vs_batch8_b{b}_cfg{cfg:g}"] = r["us_per_token"] / b8["us_per_token"]
+      plain = find(impl="jax", decoding="ar", cfg_scale=1.0, batch=b, **base)
+      if plain and cfg != 1.0 and r["plausibility"] == floors[0]:
+        summary[f"cfg_cost_b{b}_cfg{cfg:g}"] = r["seconds"] / plain["seconds"]
+      t = find(impl="torch", cfg_scale=cfg, batch=b)
+      if t and r["plausibility"] == floors[0]:
+        summary[f"jax_vs_torch_speedup_b{b}_cfg{cfg:g}"] = t["seconds"] / r["seconds"]
+      full = find(impl="jax", mode="full", decoding="ar", cfg_scale=cfg, batch=b,
+                  plausibility=r["plausibility"])
+      if full:
+        summary[f"cache_speedup_b{b}_cfg{cfg:g}_a{r['plausibility']:g}"] = \
+            full["seconds"] / r["seconds"]
+    if r["impl"] == "jax" and r["decoding"] == "jacobi":
+      ar = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=b, mode="cached",
+                plausibility=r["plausibility"])
+      if ar:
+        key = f"b{b}_cfg{cfg:g}_a{r['plausibility']:g}"
+        summary[f"jacobi_fewer_calls_{key}"] = ar["calls"] / r["calls"]
+        summary[f"jacobi_speedup_{key}"] = ar["seconds"] / r["seconds"]
+
+  print("\n| impl | decoding | cfg | plausibility | batch | ms per batch | calls per image | "
+        "ms per call | µs per token | tokens/s | images/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
-    print(f"| {r['mode']} | {r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | "
-          f"{r['seconds']*1e3:.1f} | "
-          f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} | {mfu} |")
-  for k, v in speedups.items():
-    print(f"cache speedup {k}: {v:.1f}x")
+    print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']} | "
+          f"{r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | {r['seconds']*1e3:.0f} | "
+          f"{r['calls']:.1f} | {r['ms_per_call']:.2f} | {r['us_per_token']:.1f} | "
+          f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} |")
+  for k, v in summary.items():
+    print(f"{k}: {v:.2f}")
   result = {"benchmark": "sample", "device": device.device_kind, "platform": device.platform,
-            "config": args.config, "params": n_params, "tokens_per_image": spec.num_image_tokens,
-            "rows": rows, "cache_speedup": speedups}
+            "config": args.config, "overrides": (SMALL if small else []) + args.config_overrides,
+            "params": n_params, "tokens_per_image": n_tok, "draft_len": args.draft_len,
+            "rows": rows, "summary": summary}
   line = json.dumps(result)
   if args.json_out:
-    with open(args.json_out, "w") as f:
+    tmp = args.json_out + ".tmp"
+    with open(tmp, "w") as f:
       f.write(line + "\n")
+    os.replace(tmp, args.json_out)
   print(line)
   return 0
 

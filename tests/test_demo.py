@@ -168,3 +168,22 @@ def test_a_training_stage_stopped_by_sigterm_is_not_marked_done(demo_dir, tmp_pa
   assert "[demo] t2i: finished" in out and "[demo] eval: finished" in out
   state = json.loads((work / "demo.json").read_text())
   assert all(state["stages"][s]["done"] for s in STAGES)
+
+
+def test_sample_jacobi_and_bfloat16_on_demo_workdir(demo_dir, tmp_path, capsys):
+  """Greedy Jacobi decoding gives the AR images; the final line names the mode."""
+  common = ["sample", "--workdir", str(demo_dir), "--prompt", "a small blue square at the top",
+            "--num-per-prompt", "2", "--batch-size", "2", "--temperature", "0"]
+  assert cli.main(common + ["--outdir", str(tmp_path / "ar")]) == 0
+  assert "(ar decoding" in capsys.readouterr().out
+  assert cli.main(common + ["--outdir", str(tmp_path / "jacobi"), "--decoding", "jacobi",
+                            "--draft-len", "4"]) == 0
+  assert "(jacobi decoding, draft 4" in capsys.readouterr().out
+  for i in range(2):
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "jacobi" / f"{i:05d}.png")),
+                                  np.asarray(Image.open(tmp_path / "ar" / f"{i:05d}.png")))
+  assert cli.main(common + ["--outdir", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+  assert "bfloat16)" in capsys.readouterr().out
+  assert cli.main(common + ["--outdir", str(tmp_path / "bad"), "--draft-len", "0",
+                            "--decoding", "jacobi"]) == 2
+  assert "error: draft length must be a positive integer" in capsys.readouterr().err

@@ -187,3 +187,84 @@ def test_sampled_codes_are_plausible_given_the_caption(tiny, cfg_scale):
 def test_invalid_options(kwargs, message):
   with pytest.raises(UserError, match=message):
     SamplingOptions(**kwargs).validate()
+
+
+# ---- speculative Jacobi decoding ------------------------------------------------
+
+def _jacobi(tiny, options, *, seed=0, text=None, **kw):
+  text = tiny["text"] if text is None else text
+  fn = jax.jit(functools.partial(sampler.sample_tokens_jacobi, tiny["model"], options=options,
+                                 empty_caption=tiny["empty"], **kw))
+  tokens, calls = fn(tiny["params"], text, sampler.image_keys(seed, 0, text.shape[0]))
+  return np.asarray(tokens), int(calls)
+
+
+@pytest.mark.parametrize("options", [
+    SamplingOptions(temperature=0.0, decoding="jacobi", draft_len=4),
+    SamplingOptions(temperature=0.0, decoding="jacobi", draft_len=16),  # the whole image
+    SamplingOptions(temperature=0.0, decoding="jacobi", draft_len=5, cfg_scale=3.0,
+                    cfg_schedule="linear", plausibility=0.1),
+])
+def test_greedy_jacobi_equals_greedy_ar(tiny, options):
+  tokens, calls = _jacobi(tiny, options)
+  np.testing.assert_array_equal(tokens, _run(tiny, options))
+  # Every call fixes at least one token; a whole-image window needs more than one call.
+  assert 1 < calls <= tiny["spec"].num_image_tokens
+
+
+def test_jacobi_samples_the_ar_distribution():
+  """Chi-square of 6000 Jacobi draws of the first three tokens (64 cells) against
+  their exact AR probabilities, with guidance, top-k and the plausibility floor."""
+  from scipy import stats
+  from vlgen_jax.model.spec import ModelSpec as Spec
+  spec = Spec(text_vocab_size=32, text_length=4, text_pad_id=0, image_vocab_size=4,
+              image_grid=(2, 3), d_model=16, num_heads=2, head_dim=8, mlp_dim=32,
+              encoder_layers=1, decoder_layers=2, dtype="float32")
+  model = Model(spec)
+  text = jnp.asarray([[2, 7, 9, 3]], jnp.int32)
+  params = sharding.unbox(model.init(jax.random.key(1), text, jnp.zeros((1, 6), jnp.int32))["params"])
+  empty = np.asarray([2, 3, 0, 0], np.int32)
+  options = SamplingOptions(temperature=1.0, top_k=3, cfg_scale=1.5, plausibility=0.05,
+                            decoding="jacobi", draft_len=4)
+  draws = 6000
+  fn = jax.jit(functools.partial(sampler.sample_tokens_jacobi, model, options=options,
+                                 empty_caption=empty))
+  tokens, calls = fn(params, jnp.repeat(text, draws, axis=0), sampler.image_keys(0, 0, draws))
+  tokens = np.asarray(tokens)
+  assert int(calls) <= 6
+  # Exact AR probabilities of (t0, t1, t2), teacher-forced through the full forward.
+  grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)
+  seqs = jnp.asarray(np.concatenate([grid, np.zeros((64, 3), np.int64)], 1), jnp.int32)
+  both = jnp.concatenate([jnp.repeat(text, 64, 0), jnp.repeat(jnp.asarray(empty)[None], 64, 0)])
+  logits = model.apply({"params": params}, both, jnp.concatenate([seqs, seqs]))
+  probs = np.ones(64)
+  for t in range(3):
+    mixed = sampler.next_token_logits(logits[:, t], 64, True, options, t, 6)
+    probs *= np.asarray(sampler.token_probs(mixed, options))[np.arange(64), grid[:, t]]
+  np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-5)
+  observed = np.bincount(tokens[:, 0] * 16 + tokens[:, 1] * 4 + tokens[:, 2], minlength=64)
+  assert observed[probs == 0].sum() == 0  # filtered codes are never drawn
+  cells = probs * draws >= 5
+  assert cells.sum() >= 10
+  expected = probs[cells] * draws
+  chi2 = (((observed[cells] - expected) ** 2) / expected).sum()
+  chi2 += ((observed[~cells].sum() - probs[~cells].sum() * draws) ** 2 /
+           max(probs[~cells].sum() * draws, 1e-9))
+  print(f"chi2 {chi2:.1f} over {int(cells.sum()) + 1} cells")
+  assert chi2 < stats.chi2.ppf(0.999, int(cells.sum())), (chi2, int(cells.sum()))
+
+
+def test_sharded_jacobi_equals_single_device(tiny):
+  from vlgen_jax.train import mesh as mesh_lib
+  config = tiny["config"]
+  opts = SamplingOptions(temperature=1.0, top_k=16, cfg_scale=2.0, decoding="jacobi", draft_len=6)
+  text = jnp.concatenate([tiny["text"], tiny["text"][:2]])  # 8 rows
+  expected, _ = _jacobi(tiny, opts, seed=9, text=text)
+  config.mesh.update(data=4, fsdp=1, tensor=2)
+  mesh = mesh_lib.create_mesh(config)
+  rules = sharding.logical_axis_rules(config)
+  shardings = sharding.logical_to_shardings(sharding.logical_specs(tiny["boxed"]), mesh, rules)
+  fn = sampler.make_sampler(tiny["model"], opts, empty_caption=tiny["empty"], mesh=mesh,
+                            param_shardings=shardings, logical_axis_rules=rules)
+  got = fn(jax.device_put(tiny["params"], shardings), text, sampler.image_keys(9, 0, 8))
+  np.testing.assert_array_equal(np.asarray(got), expected)

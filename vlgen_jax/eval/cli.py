@@ -57,7 +57,8 @@ def run(args) -> int:
         args.workdir, split=args.split, num=args.num, prompts_file=args.prompts,
         report=args.report, evaluator_names=_names(args.evaluators),
         sampling_overrides=sampling_overrides(args), seed=args.seed, batch_size=args.batch_size, step=args.step,
-        vq_workdir=args.vq_workdir, mesh=args.mesh)
+        vq_workdir=args.vq_workdir, mesh=args.mesh, dtype=args.dtype,
+        quantize=args.quantize)
   if results is not None:
     print(json.dumps(results))
   return 0

@@ -103,7 +103,8 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
                  evaluator_names: Sequence[str] | None = None,
                  sampling_overrides: Mapping | None = None, seed: int = 0,
                  batch_size: int = 32, step: int | None = None,
-                 vq_workdir: str | None = None, mesh: str | None = None) -> dict | None:
+                 vq_workdir: str | None = None, mesh: str | None = None,
+                 dtype: str | None = None, quantize: str = "none") -> dict | None:
   """Samples captions of the run's split (or a prompts file), scores and
   reports them; returns the results on process 0 (None elsewhere)."""
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
@@ -117,7 +118,8 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   else:
     split_captions(config, split, num)  # checks the split before params are loaded
     captions, tokens = split_records(config, split, num)
-  gen = Generator.load(workdir, step=step, vq_workdir=vq_workdir, mesh_overrides=mesh)
+  gen = Generator.load(workdir, step=step, vq_workdir=vq_workdir, mesh_overrides=mesh,
+                       dtype=dtype, quantize=quantize)
   metrics = {}
   if tokens is not None:
     # What holds for any data: how well the model predicts the split's real
@@ -155,6 +157,8 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
       "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
       "plausibility": options.plausibility, "family": gen.spec.family,
       "steps": options.steps if parallel else None,
+      "decoding": options.decoding, "draft_len": options.draft_len, "dtype": gen.spec.dtype,
+      "quantize": quantize,
       "seed": seed, "report": report})
 
 

@@ -5,7 +5,10 @@ the work so callers can compute keys/values once (cross-attention during
 decode) and keep them in a static-size cache (self-attention during decode).
 The full forward uses `jax.nn.dot_product_attention` (XLA by default; cuDNN
 flash attention with `config.model.attention_impl="cudnn"` on GPUs). Decode
-steps use the XLA path with a position mask over the static cache.
+steps attend with a position mask over a static-size cache per layer, laid
+out (batch, heads, length, kv) so the score and value matmuls read it without
+a transpose, and updated in place (`write_cache`: a `dynamic_update_slice` of
+a loop-carried buffer, which XLA aliases instead of copying).
 """
 from __future__ import annotations
 
@@ -77,8 +80,33 @@ class Attention(nn.Module):
     out = layers.constrain(out, layers.BATCH_LENGTH_HEADS_KV)
     return self.out(out)
 
-  def attend_cached(self, q, k_cache, v_cache, key_mask):
-    """One query step (T=1) against a static-size cache; `key_mask` (B, S) or (S,)."""
-    mask = key_mask[None, None, None, :] if key_mask.ndim == 1 else key_mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k_cache, v_cache, mask=mask, implementation="xla")
+  def attend_cached(self, q, k_cache, v_cache, mask):
+    """T queries (B, T, N, H) against a cache (B, N, S, H); `mask` broadcasts
+    to (B, N, T, S) and marks the keys each query may see. Scores and softmax
+    in float32, as in the full forward."""
+    scores = jnp.einsum("btnh,bnsh->bnts", q, k_cache, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("bnts,bnsh->btnh", probs, v_cache)
     return self.out(out)
+
+
+def to_cache_layout(x):
+  """(B, T, N, H) keys/values -> the cache layout (B, N, T, H)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def write_cache(cache, new, start):
+  """Writes `new` (B, T, N, H) into `cache` (B, N, S, H) at sequence index
+  `start`: a scalar (all rows) or (B,) per row.
+
+  A `dynamic_update_slice` of a buffer carried through the decode loop: XLA
+  updates it in place. Indices past S - T would be clamped, so callers keep
+  windows inside the cache.
+  """
+  new = to_cache_layout(new).astype(cache.dtype)
+  zero = jnp.zeros((), jnp.int32)
+  if jnp.ndim(start) == 0:
+    return jax.lax.dynamic_update_slice(cache, new, (zero, zero, start, zero))
+  row = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (zero, s, zero))  # noqa: E731
+  return jax.vmap(row)(cache, new, start)

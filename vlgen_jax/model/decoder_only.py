@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.attention import Attention
+from vlgen_jax.model.attention import Attention, to_cache_layout
 from vlgen_jax.model.code_embedding import AppearanceCodes
 from vlgen_jax.model.image_decoder import MASKED_LOGIT
 from vlgen_jax.model.spec import ModelSpec
@@ -68,7 +68,10 @@ class PrefixLayer(nn.Module):
       v_cache = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
                                                     index, axis=1)
       valid = key_mask & (jnp.arange(k_cache.shape[1]) <= index)[None]
-      x = x + attn.attend_cached(q, k_cache, v_cache, valid)
+      # This family keeps the scanned (B, S, heads, kv) cache; attend_cached
+      # reads (B, heads, S, kv) (the encdec decoder's in-place layout).
+      x = x + attn.attend_cached(q, to_cache_layout(k_cache), to_cache_layout(v_cache),
+                                 valid[:, None, None, :])
       x = x + mlp(mlp_norm(x))
       return x, {"k": k_cache, "v": v_cache}
 

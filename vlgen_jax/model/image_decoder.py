@@ -6,7 +6,16 @@ submodules (same param paths) from one set of weights:
               (bidirectional for the masked family: every token sees all);
   "cross_kv": per-layer cross-attention keys/values of the encoder output,
               computed once per prompt for decoding;
-  "decode":   one token against the static-size self-attention cache.
+  "decode":   T tokens (T = 1 for plain decoding, a draft window for
+              Jacobi decoding) at consecutive positions from `start` (a
+              scalar, or (B,) per row), against the static-size cache.
+
+Decode runs the layers as an unrolled loop over the stacked params (one
+token's step is tiny, a loop per step costs more than the layers) with one
+cache buffer per layer, (B, heads, S, kv), written in place
+(`attention.write_cache`). Scanning the layers instead means slicing a
+stacked cache per layer and restacking it, i.e. copying every layer's whole
+cache every token, which made a token's cost grow with batch.
 """
 from __future__ import annotations
 
@@ -17,10 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.attention import Attention
+from vlgen_jax.model.attention import Attention, to_cache_layout, write_cache
 from vlgen_jax.model.code_embedding import AppearanceCodes
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
+
+# Logical names of a layer's K/V cache (sharding rules map them).
+CACHE_AXES = ("cache_batch", "cache_heads", "cache_length", "cache_kv")
 
 # Logit for ids that are not image codes (BOS, vocabulary padding). Finite,
 # so guidance arithmetic (cond - uncond) stays finite; exp() of it is 0.
@@ -65,22 +77,22 @@ class DecoderLayer(nn.Module):
       return layers.constrain(x, layers.BATCH_LENGTH_EMBED), None
 
     if self.mode == "decode":
-      cache, text_mask, position = args
-      positions = position[None]
+      k_cache, v_cache, cross_k, cross_v, text_mask, positions, start = args
       h = self_norm(x)
       q = self_attn.queries(h, positions)
       k, v = self_attn.keys_values(h, positions)
-      k_cache = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                                    position, axis=1)
-      v_cache = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                    position, axis=1)
-      valid = jnp.arange(k_cache.shape[1]) <= position
-      x = x + self_attn.attend_cached(q, k_cache, v_cache, valid)
+      k_cache = layers.constrain(write_cache(k_cache, k, start), CACHE_AXES)
+      v_cache = layers.constrain(write_cache(v_cache, v, start), CACHE_AXES)
+      # Each query sees the keys at positions <= its own (earlier tokens and
+      # its own window's prefix); later cache slots are stale or empty.
+      valid = jnp.arange(k_cache.shape[2]) <= positions[..., None]
+      mask = valid[None, None] if valid.ndim == 2 else valid[:, None]
+      x = x + self_attn.attend_cached(q, k_cache, v_cache, mask)
       h = cross_norm(x)
-      x = x + cross_attn.attend_cached(cross_attn.queries(h), cache["cross_k"], cache["cross_v"],
-                                       text_mask)
+      x = x + cross_attn.attend_cached(cross_attn.queries(h), cross_k, cross_v,
+                                       text_mask[:, None, None, :])
       x = x + mlp(mlp_norm(x))
-      return x, {"k": k_cache, "v": v_cache}
+      return x, k_cache, v_cache
 
     raise ValueError(f"unknown decoder mode {self.mode!r}")
 
@@ -95,26 +107,29 @@ class ImageDecoder(nn.Module):
     """See the module docstring; returns fp32 logits (B, T, V) or per-layer K/V.
 
     tokens: (B, T) input ids (BOS = image_vocab_size first); position: the
-    sequence index of `tokens[:, 0]` in decode mode (a scalar int32).
+    sequence index of `tokens[:, 0]` in decode mode (a scalar int32, or (B,)
+    per row; the window must fit: position + T <= num_image_tokens).
     """
     s = self.spec
-    in_axes = {"train": (nn.broadcast, nn.broadcast, nn.broadcast),
-               "cross_kv": (),
-               "decode": (0, nn.broadcast, nn.broadcast)}[mode]
-    stack = layer_stack(DecoderLayer, num_layers=s.decoder_layers, in_axes=in_axes,
-                        remat=s.remat if (remat and mode == "train") else "none", name="layers",
-                        unroll=s.decoder_layers if (mode == "decode" or s.unroll_layers) else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic, mode=mode)
+    if mode in ("train", "cross_kv"):
+      in_axes = (nn.broadcast,) * 3 if mode == "train" else ()
+      stack = layer_stack(DecoderLayer, num_layers=s.decoder_layers, in_axes=in_axes,
+                          remat=s.remat if (remat and mode == "train") else "none", name="layers",
+                          unroll=s.decoder_layers if s.unroll_layers else 1, spec=s,
+                          dtype=self.dtype, deterministic=deterministic, mode=mode)
     if mode == "cross_kv":
       _, (k, v) = stack(encoded)
-      return k, v
+      # One (B, heads, text length, kv) buffer per layer, like the self-attention cache.
+      return tuple(tuple(layers.constrain(to_cache_layout(a[i]), CACHE_AXES)
+                         for i in range(s.decoder_layers)) for a in (k, v))
 
     length = tokens.shape[1]
     if mode == "train":
       positions = jnp.arange(length, dtype=jnp.int32)
     else:
       position = jnp.asarray(position, jnp.int32)
-      positions = position[None]
+      offsets = jnp.arange(length, dtype=jnp.int32)
+      positions = position + offsets if position.ndim == 0 else position[:, None] + offsets
     codes = (AppearanceCodes(s, self.dtype, name="codes") if s.code_embedding == "appearance"
              else None)
     if codes is not None:
@@ -123,8 +138,9 @@ class ImageDecoder(nn.Module):
       x = layers.Embed(s.image_vocab_padded, s.d_model, ("vocab", "embed"), self.dtype,
                        name="token_embed")(tokens)
     if s.image_positions == "learned_2d":
-      x = x + layers.LearnedPositions2D(s.image_grid, s.d_model, self.dtype,
-                                        name="position_embed")(positions)[None]
+      pos_emb = layers.LearnedPositions2D(s.image_grid, s.d_model, self.dtype,
+                                          name="position_embed")(positions)
+      x = x + (pos_emb[None] if positions.ndim == 1 else pos_emb)
     x = nn.Dropout(s.dropout)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
 
@@ -132,10 +148,8 @@ class ImageDecoder(nn.Module):
       x, _ = stack(x, encoded, text_mask, positions)
       new_cache = None
     else:
-      per_layer = {"k": cache["self_k"], "v": cache["self_v"],
-                   "cross_k": cache["cross_k"], "cross_v": cache["cross_v"]}
-      x, kv = stack(x, per_layer, cache["text_mask"], position)
-      new_cache = dict(cache, self_k=kv["k"], self_v=kv["v"])
+      x, self_k, self_v = self._decode_layers(x, cache, positions, position)
+      new_cache = dict(cache, self_k=self_k, self_v=self_v)
 
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
     if codes is not None:
@@ -148,3 +162,20 @@ class ImageDecoder(nn.Module):
                        MASKED_LOGIT)
     logits = layers.constrain(logits, layers.BATCH_LENGTH_VOCAB)
     return logits if mode == "train" else (logits, new_cache)
+
+  def _decode_layers(self, x, cache, positions, start):
+    """The decoder layers on per-layer slices of the scanned ("layers"-stacked)
+    params: same weights as the scan, but each layer owns its cache buffers."""
+    stacked = jax.tree.map(lambda a: a.value if isinstance(a, nn.meta.AxisMetadata) else a,
+                           self.variables["params"]["layers"],
+                           is_leaf=lambda a: isinstance(a, nn.meta.AxisMetadata))
+    layer = DecoderLayer(self.spec, self.dtype, mode="decode", parent=None)
+    self_k, self_v = [], []
+    for i in range(self.spec.decoder_layers):
+      params = jax.tree.map(lambda a: a[i], stacked)  # noqa: B023
+      x, k, v = layer.apply({"params": params}, x, cache["self_k"][i], cache["self_v"][i],
+                            cache["cross_k"][i], cache["cross_v"][i], cache["text_mask"],
+                            positions, start)
+      self_k.append(k)
+      self_v.append(v)
+    return x, tuple(self_k), tuple(self_v)

@@ -62,8 +62,13 @@ class DenseGeneral(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype)
     x = jnp.asarray(x, self.dtype)
     contract = (axis, tuple(range(len(in_shape))))
-    return jax.lax.dot_general(x, kernel, (contract, ((), ())),
-                               preferred_element_type=self.out_dtype)
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())),
+                            preferred_element_type=self.out_dtype)
+    if self.has_variable("params", "kernel_scale"):
+      # int8 weight-only quantisation (vlgen_jax/sample/quantize.py): the kernel
+      # holds int8 values, one float scale per output feature.
+      y = y * jnp.asarray(self.get_variable("params", "kernel_scale"), y.dtype)
+    return y
 
 
 class Embed(nn.Module):

@@ -13,6 +13,9 @@ decoder-only family (vlgen_jax/model/decoder_only.py):
   logits, cache = model.apply(v, token, position, cache, method="decode_step")
 where `token` (B,) is the decoder input at sequence index `position`
 (BOS at 0). Cross-attention keys/values are computed once, in `init_cache`.
+`decode_window` runs T inputs at once (Jacobi decoding's draft window), from
+a start position per row. Both update the cache in place when it is carried
+through a loop (or donated to a jitted call).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlgen_jax.model.image_decoder import ImageDecoder
+from vlgen_jax.model import layers
+from vlgen_jax.model.image_decoder import CACHE_AXES, ImageDecoder
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.text_encoder import TextEncoder
 
@@ -48,13 +52,14 @@ class Model(nn.Module):
     return self.encoder(text_ids, deterministic=True)
 
   def init_cache(self, encoded, text_mask) -> Cache:
-    """Static-size decode cache; cross-attention K/V computed here, once."""
+    """Static-size decode cache, one (B, heads, N, kv) K and V buffer per
+    layer; cross-attention K/V computed here, once."""
     s = self.spec
     cross_k, cross_v = self.decoder(None, mode="cross_kv", encoded=encoded)
-    batch = encoded.shape[0]
-    shape = (s.decoder_layers, batch, s.num_image_tokens, s.num_heads, s.head_dim)
-    zeros = jnp.zeros(shape, cross_k.dtype)
-    return {"self_k": zeros, "self_v": zeros, "cross_k": cross_k, "cross_v": cross_v,
+    shape = (encoded.shape[0], s.num_heads, s.num_image_tokens, s.head_dim)
+    empty = lambda: tuple(layers.constrain(jnp.zeros(shape, cross_k[0].dtype), CACHE_AXES)  # noqa: E731
+                          for _ in range(s.decoder_layers))
+    return {"self_k": empty(), "self_v": empty(), "cross_k": cross_k, "cross_v": cross_v,
             "text_mask": text_mask}
 
   def prefill(self, text_ids) -> Cache:
@@ -66,6 +71,12 @@ class Model(nn.Module):
     logits, cache = self.decoder(jnp.asarray(token, jnp.int32)[:, None], mode="decode",
                                  cache=cache, position=position)
     return logits[:, 0], cache
+
+  def decode_window(self, tokens, start, cache: Cache):
+    """tokens (B, T) at sequence indices start .. start + T - 1 (`start` a
+    scalar or (B,), with start + T <= num_image_tokens) -> (logits (B, T, V), cache)."""
+    return self.decoder(jnp.asarray(tokens, jnp.int32), mode="decode", cache=cache,
+                        position=start)
 
 
 def decoder_inputs(image_tokens, bos_id: int):

@@ -44,6 +44,19 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                       help="tokens left masked after each parallel step (masked family)")
   parser.add_argument("--choice-temperature", type=float, default=None,
                       help="Gumbel noise on which draws are kept, annealed to 0 (masked family)")
+  parser.add_argument("--decoding", default=None, choices=("ar", "jacobi"),
+                      help="ar: one token per decoder call; jacobi: speculative Jacobi decoding, "
+                           "same distribution in fewer sequential calls (default: the run's "
+                           "config, else ar)")
+  parser.add_argument("--draft-len", type=int, default=None,
+                      help="Jacobi window: draft tokens per decoder call (default: the run's "
+                           "config, else 16)")
+  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                      help="sampling compute dtype; bfloat16 also casts the weight matrices "
+                           "(default: the run's config.dtype)")
+  parser.add_argument("--quantize", default="none", choices=("none", "int8"),
+                      help="int8: int8 weight-only decoder matmuls (half the weight bytes of "
+                           "bfloat16)")
   parser.add_argument("--temperature", type=float, default=None)
   parser.add_argument("--top-k", type=int, default=None)
   parser.add_argument("--top-p", type=float, default=None)
@@ -60,7 +73,8 @@ def sampling_overrides(args) -> dict:
   return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
               cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
               plausibility=args.plausibility, steps=args.steps,
-              mask_schedule=args.mask_schedule, choice_temperature=args.choice_temperature)
+              mask_schedule=args.mask_schedule, choice_temperature=args.choice_temperature,
+              decoding=args.decoding, draft_len=args.draft_len)
 
 
 def read_prompts(args) -> list[str]:
@@ -122,7 +136,7 @@ def run(args) -> int:
   # Validated before anything is loaded.
   options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
-                       mesh_overrides=args.mesh)
+                       mesh_overrides=args.mesh, dtype=args.dtype, quantize=args.quantize)
   import jax
   main_process = jax.process_index() == 0
   cap = gen.max_batch_size()
@@ -188,8 +202,11 @@ def run(args) -> int:
     if main_process:
       grid = writer.finish({"run": os.path.abspath(gen.run), "step": gen.step,
                             "evaluators": list(gen.config.evaluators)})
+      mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
+              else "ar decoding")
       print(f"wrote {total} images to {outdir} (grid: {grid}); "
-            f"{(done - resumed) / max(seconds, 1e-9):.2f} images/s")
+            f"{(done - resumed) / max(seconds, 1e-9):.2f} images/s ({mode}, {gen.spec.dtype}"
+            f"{', int8 weights' if args.quantize == 'int8' else ''})")
   return 0
 
 

@@ -35,7 +35,11 @@ class Generator:
 
   @classmethod
   def load(cls, workdir: str, *, step: int | None = None, vq_workdir: str | None = None,
-           mesh_overrides: str | None = None) -> "Generator":
+           mesh_overrides: str | None = None, dtype: str | None = None,
+           quantize: str = "none") -> "Generator":
+    """`dtype` overrides the run's compute dtype; "bfloat16" also stores the
+    weight matrices in bfloat16 (half the bytes each decode step reads).
+    `quantize="int8"`: int8 weight-only decoder matmuls (sample/quantize.py)."""
     import jax
     import jax.numpy as jnp
     from vlgen_jax.model.spec import ModelSpec
@@ -51,6 +55,8 @@ class Generator:
       # Sampling mesh: data parallel over every device unless --mesh says otherwise.
       config.mesh.update(mesh_lib.parse_mesh(mesh_overrides or "",
                                              {"data": -1, "fsdp": 1, "tensor": 1}))
+      if dtype:
+        config.dtype = dtype
     spec = ModelSpec.from_config(config)
     model = get_family(spec.family).build_model(spec)
     mesh = mesh_lib.create_mesh(config)
@@ -63,6 +69,15 @@ class Generator:
       step, params = checkpoint.newest_usable_params(run, shardings)
     else:
       params = checkpoint.load_params(run, step, shardings)
+    if spec.compute_dtype() == jnp.bfloat16:
+      # Matrices only: norm scales and biases stay float32 (norms compute in float32).
+      params = jax.jit(lambda p: jax.tree.map(
+          lambda a: a.astype(jnp.bfloat16) if a.ndim >= 2 else a, p), out_shardings=shardings)(params)
+    if quantize == "int8":
+      from vlgen_jax.sample.quantize import quantize_int8
+      params = jax.jit(quantize_int8)(params)
+      # New leaves (scales): every array keeps the sharding XLA gave it.
+      shardings = jax.tree.map(lambda a: a.sharding, params)
     tokenizer_path = runs.tokenizer_of(run, config)
     tokenizer = TextTokenizer.from_file(tokenizer_path)
     if tokenizer.vocab_size > spec.text_vocab_size:

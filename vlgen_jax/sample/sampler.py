@@ -16,6 +16,11 @@ near-background codes into extra objects.
 Randomness is per image: image i draws its token t from
 `fold_in(key_i, t)`, so an image depends only on its own key and prompt, not
 on the batch it was sampled in or on its neighbours.
+
+`decoding="jacobi"`: speculative Jacobi decoding (Teng et al., ICLR 2025,
+"Accelerating Auto-regressive Text-to-Image Generation with Training-free
+Speculative Jacobi Decoding"); see `sample_tokens_jacobi`. Same output
+distribution as "ar", fewer sequential decoder calls.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from vlgen_jax.errors import UserError
 
 CFG_SCHEDULES = ("constant", "linear")
 MASK_SCHEDULES = ("cosine", "linear")
+DECODINGS = ("ar", "jacobi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,10 @@ class SamplingOptions:
   steps: int = 12
   mask_schedule: str = "cosine"
   choice_temperature: float = 4.5
+  # "ar": one token per decoder call; "jacobi": speculative Jacobi decoding,
+  # a window of `draft_len` draft tokens per call (same distribution).
+  decoding: str = "ar"
+  draft_len: int = 16
 
   def validate(self) -> "SamplingOptions":
     if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -73,6 +83,10 @@ class SamplingOptions:
                       f"got {self.mask_schedule!r}")
     if not np.isfinite(self.choice_temperature) or self.choice_temperature < 0:
       raise UserError(f"choice temperature must be >= 0, got {self.choice_temperature}")
+    if self.decoding not in DECODINGS:
+      raise UserError(f"decoding must be one of {', '.join(DECODINGS)}, got {self.decoding!r}")
+    if int(self.draft_len) != self.draft_len or self.draft_len < 1:
+      raise UserError(f"draft length must be a positive integer, got {self.draft_len}")
     return self
 
   @classmethod
@@ -159,7 +173,8 @@ def next_token_logits(logits, batch: int, guided: bool, options: SamplingOptions
   mixed = cond
   if guided:
     uncond = logits[batch:]
-    mixed = uncond + guidance_scale(options, position, num_tokens) * (cond - uncond)
+    scale = jnp.asarray(guidance_scale(options, position, num_tokens))
+    mixed = uncond + scale[..., None] * (cond - uncond)
   if options.plausibility > 0:
     mixed = keep_plausible(mixed, cond, options.plausibility)
   return mixed
@@ -204,6 +219,121 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   return tokens.T
 
 
+def token_probs(logits, options: SamplingOptions):
+  """The distribution `pick_tokens` draws from: (..., V) mixed logits -> probabilities
+  (one-hot of the argmax when greedy)."""
+  if options.temperature == 0.0:
+    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+  logits = filter_logits(logits / options.temperature, top_k=options.top_k, top_p=options.top_p)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _draw(keys, probs):
+  """keys (B,), probs (B, ..., V) -> one draw per distribution (B, ...)."""
+  return jax.vmap(lambda k, p: jax.random.categorical(k, jnp.log(p), axis=-1))(
+      keys, probs).astype(jnp.int32)
+
+
+def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOptions,
+                         empty_caption=None, force_guidance: bool = False):
+  """Speculative Jacobi decoding: text_ids (B, L), keys (B,) -> (tokens (B, N),
+  sequential decoder calls (scalar)).
+
+  Each row keeps `n` accepted tokens and K = draft_len draft tokens d_j for
+  positions n + j, each drawn from a recorded proposal q_j. One iteration runs
+  the decoder on a K-token window (the last accepted token and the drafts, as
+  decoder inputs) from start s = min(n, N - K), which gives the exact
+  conditional p_i of every window position given the accepted tokens and the
+  drafts before it. Drafts are then verified in order: d_j is accepted with
+  probability min(1, p(d_j) / q_j(d_j)); at the first rejection a token is
+  drawn from norm(max(0, p - q_j)) and the rest of the window is discarded.
+  That is speculative sampling's rule, so every accepted token has the AR
+  distribution p (SJD's probabilistic acceptance; with greedy decoding p is
+  one-hot and this is plain Jacobi iteration, token-for-token equal to AR).
+  The positions after the rejection get new drafts drawn from this call's
+  p (their context was partly wrong, but any proposal is valid as long as q
+  is the one drawn from), positions beyond the window uniform codes.
+
+  Rows advance independently (per-row window starts); the loop runs until
+  every row has N tokens. Windows never leave the cache: near the end the
+  window starts at N - K and re-runs accepted tokens (same K/V).
+  """
+  from vlgen_jax.model.t2i import Model
+  spec = model.spec
+  batch = text_ids.shape[0]
+  num_tokens = spec.num_image_tokens
+  draft_len = min(int(options.draft_len), num_tokens)
+  guided = options.guided or force_guidance
+  if guided:
+    if empty_caption is None:
+      raise UserError("classifier-free guidance needs the empty caption ids")
+    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  variables = {"params": params}
+  encoded, text_mask = model.apply(variables, text_ids, method=Model.encode_text)
+  cache = model.apply(variables, encoded, text_mask, method=Model.init_cache)
+
+  vocab = spec.image_vocab_padded
+  uniform = jnp.where(jnp.arange(vocab) < spec.image_vocab_size,
+                      1.0 / spec.image_vocab_size, 0.0).astype(jnp.float32)
+  uniform = jnp.broadcast_to(uniform, (batch, draft_len, vocab))
+  slots = jnp.arange(draft_len, dtype=jnp.int32)
+  take = lambda a, idx: jnp.take_along_axis(a, idx, axis=1)  # noqa: E731
+  fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+  init_keys = fold(keys, 2**31 - 1)
+
+  def body(state):
+    tokens, n, drafts, q, cache, it = state
+    step_keys = fold(keys, it)
+    k_accept, k_residual, k_fresh, k_uniform = (fold(step_keys, i) for i in range(4))
+    start = jnp.minimum(n, num_tokens - draft_len)
+    offset = n - start                      # window slot of the first undecided position
+    positions = start[:, None] + slots      # (B, K)
+    prev = positions - 1                    # the decoder input at i is the token at i - 1
+    inputs = jnp.where(prev < n[:, None],
+                       take(tokens, jnp.clip(prev, 0, num_tokens - 1)),
+                       take(drafts, jnp.clip(prev - n[:, None], 0, draft_len - 1)))
+    inputs = jnp.where(prev < 0, spec.image_bos_id, inputs)
+    if guided:
+      inputs, starts = jnp.concatenate([inputs, inputs]), jnp.concatenate([start, start])
+    else:
+      starts = start
+    logits, cache = model.apply(variables, inputs, starts, cache, method=Model.decode_window)
+    p = token_probs(next_token_logits(logits, batch, guided, options, positions, num_tokens),
+                    options)                                  # (B, K, V)
+    # Verify: window slot w holds draft j = w - offset (slots before are accepted tokens).
+    j = slots[None, :] - offset[:, None]
+    jc = jnp.clip(j, 0, draft_len - 1)
+    d = take(drafts, jc)
+    q_slot = take(q, jc[..., None])
+    p_d = jnp.take_along_axis(p, d[..., None], axis=-1)[..., 0]
+    q_d = jnp.take_along_axis(q_slot, d[..., None], axis=-1)[..., 0]
+    u = jax.vmap(lambda k: jax.random.uniform(k, (draft_len,)))(k_accept)
+    rejected = (j >= 0) & ~(u * q_d < p_d)   # accept with probability min(1, p/q)
+    first = jnp.min(jnp.where(rejected, slots[None, :], draft_len), axis=1)  # K: none
+    at_first = jnp.minimum(first, draft_len - 1)[:, None, None]
+    residual = jnp.maximum(take(p - q_slot, at_first)[:, 0], 0.0)
+    resampled = _draw(k_residual, residual)
+    new_tokens = jnp.where(slots[None, :] == first[:, None], resampled[:, None], d)
+    write = (j >= 0) & (slots[None, :] <= first[:, None])
+    rows = jnp.arange(batch)[:, None]
+    tokens = tokens.at[rows, positions].set(jnp.where(write, new_tokens, take(tokens, positions)))
+    n_new = start + jnp.minimum(first + 1, draft_len)
+    # New drafts for positions n_new + j: from this call's p inside the window, else uniform.
+    slot = (n_new - start)[:, None] + slots
+    inside = slot < draft_len
+    sc = jnp.clip(slot, 0, draft_len - 1)
+    fresh = _draw(k_fresh, p)
+    drafts = jnp.where(inside, take(fresh, sc), _draw(k_uniform, uniform))
+    q = jnp.where(inside[..., None], take(p, sc[..., None]), uniform)
+    return tokens, n_new, drafts, q, cache, it + 1
+
+  state = (jnp.zeros((batch, num_tokens), jnp.int32), jnp.zeros((batch,), jnp.int32),
+           _draw(init_keys, uniform), uniform, cache, jnp.zeros((), jnp.int32))
+  tokens, _, _, _, _, calls = jax.lax.while_loop(
+      lambda state: jnp.any(state[1] < num_tokens), body, state)
+  return tokens, calls
+
+
 def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: SamplingOptions,
                                  empty_caption=None, known=None, keep=None):
   """The same sampler without any cache: every step re-runs the full forward
@@ -233,10 +363,13 @@ def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: Samp
 
 
 def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached: bool = True,
-                 edit: bool = False, mesh=None, param_shardings=None, logical_axis_rules=None):
+                 edit: bool = False, mesh=None, param_shardings=None, logical_axis_rules=None,
+                 with_calls: bool = False):
   """Returns jitted `fn(params, text_ids, keys) -> tokens`, the model family's
   sampler (vlgen_jax/tasks/families.py); with `edit`, `fn(params, text_ids,
   keys, known, keep)` regenerates only the tokens where `keep` is False.
+  With `with_calls`: `(tokens, sequential decoder calls)` (N for AR; Jacobi
+  decoding, encoder-decoder family only, reports its while-loop iterations).
 
   With a `mesh`, the batch is sharded over the data-parallel axes and params
   keep `param_shardings` (as trained), so a model larger than one device
@@ -245,19 +378,30 @@ def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached:
   """
   from vlgen_jax.tasks.families import get_family
   options.validate()
-  fn = functools.partial(get_family(model.spec.family).sample_function(cached), model,
-                         options=options,
-                         empty_caption=None if empty_caption is None else np.asarray(empty_caption))
-  if edit:
-    inner = fn
-    fn = lambda params, text_ids, keys, known, keep: inner(params, text_ids, keys, known=known,
-                                                           keep=keep)
+  empty = None if empty_caption is None else np.asarray(empty_caption)
+  if options.decoding == "jacobi":
+    if not cached or edit or model.spec.family != "encdec":
+      raise UserError("Jacobi decoding needs the KV cache of the encdec family (and no editing)")
+    fn = functools.partial(sample_tokens_jacobi, model, options=options, empty_caption=empty)
+    if not with_calls:
+      fn = (lambda f: lambda *a: f(*a)[0])(fn)
+  else:
+    fn = functools.partial(get_family(model.spec.family).sample_function(cached), model,
+                           options=options, empty_caption=empty)
+    if edit:
+      inner = fn
+      fn = lambda params, text_ids, keys, known, keep: inner(params, text_ids, keys, known=known,
+                                                             keep=keep)
+    if with_calls:
+      fn = (lambda f: lambda *a: (f(*a), jnp.int32(model.spec.num_image_tokens)))(fn)
   if mesh is None:
     return jax.jit(fn)
   from vlgen_jax.train import sharding
   rows = sharding.batch_sharding(mesh)
   args = (param_shardings, rows, rows) + ((rows, rows) if edit else ())
-  jitted = jax.jit(fn, in_shardings=args, out_shardings=rows)
+  out = (rows, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())) if with_calls \
+      else rows
+  jitted = jax.jit(fn, in_shardings=args, out_shardings=out)
 
   def run(params, *rest):
     with sharding.mesh_context(mesh, logical_axis_rules or ()):

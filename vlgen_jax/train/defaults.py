@@ -14,6 +14,12 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("activation_kv", None),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
+    # decode caches (layers, batch, length, heads, kv): rows like the batch,
+    # heads like the attention projections
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_length", None),
+    ("cache_heads", "tensor"),
+    ("cache_kv", None),
     # params
     ("vocab", "tensor"),
     ("embed", "fsdp"),
