@@ -27,17 +27,19 @@ MASKED_LOGIT = -1e9
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: causal self-attention, cross-attention to text, MLP."""
+  """Pre-norm block: causal self-attention, cross-attention to the encoder
+  output (text here; image tokens in the captioner), MLP. `rope` of the
+  self-attention: None, "1d" or "2d" (see `Attention`)."""
   spec: ModelSpec
   dtype: Any = jnp.float32
   deterministic: bool = True
   mode: str = "train"
+  rope: str | None = None
 
   @nn.compact
   def __call__(self, x, *args):
     s = self.spec
-    rope = "2d" if s.image_positions == "rope_2d" else None
-    self_attn = Attention(s, self.dtype, rope=rope, name="self_attention")
+    self_attn = Attention(s, self.dtype, rope=self.rope, name="self_attention")
     cross_attn = Attention(s, self.dtype, rope=None, name="cross_attention")
     self_norm = layers.Norm(s.norm, s.norm_eps, self.dtype, name="pre_self_attention_norm")
     cross_norm = layers.Norm(s.norm, s.norm_eps, self.dtype, name="pre_cross_attention_norm")
@@ -84,6 +86,34 @@ class DecoderLayer(nn.Module):
     raise ValueError(f"unknown decoder mode {self.mode!r}")
 
 
+def decoder_stack(spec: ModelSpec, dtype, *, mode: str, deterministic: bool, remat: bool,
+                  rope: str | None) -> nn.Module:
+  """The scanned `DecoderLayer`s of a decoder in `mode` (built inside the
+  caller's compact `__call__`, named "layers"); shared by the image decoder
+  and the captioner's text decoder."""
+  in_axes = {"train": (nn.broadcast, nn.broadcast, nn.broadcast),
+             "cross_kv": (),
+             "decode": (0, nn.broadcast, nn.broadcast)}[mode]
+  return layer_stack(DecoderLayer, num_layers=spec.decoder_layers, in_axes=in_axes,
+                     remat=spec.remat if (remat and mode == "train") else "none", name="layers",
+                     unroll=spec.decoder_layers if (mode == "decode" or spec.unroll_layers) else 1,
+                     spec=spec, dtype=dtype, deterministic=deterministic, mode=mode, rope=rope)
+
+
+def run_decoder_stack(stack, x, *, mode: str, encoded, context_mask, positions, cache,
+                      cache_mask: str, position):
+  """Train: the full sequence against `encoded`; decode: one step against
+  `cache` (its cross-attention key mask under `cache_mask`). Returns (x, new
+  cache or None)."""
+  if mode == "train":
+    x, _ = stack(x, encoded, context_mask, positions)
+    return x, None
+  per_layer = {"k": cache["self_k"], "v": cache["self_v"],
+               "cross_k": cache["cross_k"], "cross_v": cache["cross_v"]}
+  x, kv = stack(x, per_layer, cache[cache_mask], position)
+  return x, dict(cache, self_k=kv["k"], self_v=kv["v"])
+
+
 class ImageDecoder(nn.Module):
   spec: ModelSpec
   dtype: Any = jnp.float32
@@ -97,13 +127,8 @@ class ImageDecoder(nn.Module):
     sequence index of `tokens[:, 0]` in decode mode (a scalar int32).
     """
     s = self.spec
-    in_axes = {"train": (nn.broadcast, nn.broadcast, nn.broadcast),
-               "cross_kv": (),
-               "decode": (0, nn.broadcast, nn.broadcast)}[mode]
-    stack = layer_stack(DecoderLayer, num_layers=s.decoder_layers, in_axes=in_axes,
-                        remat=s.remat if (remat and mode == "train") else "none", name="layers",
-                        unroll=s.decoder_layers if (mode == "decode" or s.unroll_layers) else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic, mode=mode)
+    stack = decoder_stack(s, self.dtype, mode=mode, deterministic=deterministic, remat=remat,
+                          rope="2d" if s.image_positions == "rope_2d" else None)
     if mode == "cross_kv":
       _, (k, v) = stack(encoded)
       return k, v
@@ -127,14 +152,9 @@ class ImageDecoder(nn.Module):
     x = nn.Dropout(s.dropout)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
 
-    if mode == "train":
-      x, _ = stack(x, encoded, text_mask, positions)
-      new_cache = None
-    else:
-      per_layer = {"k": cache["self_k"], "v": cache["self_v"],
-                   "cross_k": cache["cross_k"], "cross_v": cache["cross_v"]}
-      x, kv = stack(x, per_layer, cache["text_mask"], position)
-      new_cache = dict(cache, self_k=kv["k"], self_v=kv["v"])
+    x, new_cache = run_decoder_stack(stack, x, mode=mode, encoded=encoded, context_mask=text_mask,
+                                     positions=positions, cache=cache, cache_mask="text_mask",
+                                     position=position)
 
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
     if codes is not None:
