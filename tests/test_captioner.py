@@ -99,7 +99,8 @@ def test_score_is_length_normalised_sum_of_teacher_forced_log_probs(variant):
   np.testing.assert_allclose(lib.make_scorer(model, pmi=True)(params, images, text), want_pmi,
                              rtol=1e-4, atol=1e-5)
   # Every image against every caption: the diagonal is the pairwise score.
-  matrix = lib.make_score_matrix(model, pmi=True)(params, images, text)
+  matrix = lib.make_candidate_scorer(model, pmi=True)(params, images,
+                                                      np.broadcast_to(text, (3, *text.shape)))
   assert matrix.shape == (3, 3)
   np.testing.assert_allclose(np.diag(matrix), want_pmi, rtol=1e-4, atol=1e-5)
   swapped = lib.make_scorer(model, pmi=True)(params, images[::-1], text)

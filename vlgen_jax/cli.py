@@ -24,6 +24,7 @@ COMMANDS = {
     "model-info": "vlgen_jax.train.model_info",
     "encode": "vlgen_jax.vq.encode",
     "sample": "vlgen_jax.sample.cli",
+    "caption": "vlgen_jax.sample.caption_cli",
     "eval": "vlgen_jax.eval.cli",
     "demo": "vlgen_jax.demo",
 }

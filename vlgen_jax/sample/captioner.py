@@ -12,7 +12,7 @@ log-probability (summed log-probs / number of ids after BOS, EOS included),
 which is exactly `score` of the decoded caption. Rows never interact, so an
 image's caption does not depend on the batch it was decoded in.
 
-Scores (`score`, `score_matrix`): the length-normalised log p(caption |
+Scores (`score`, `score_candidates`): the length-normalised log p(caption |
 image), or with `pmi=True` the pointwise mutual information
   (log p(c | image) - log p(c | no image)) / n,
 where p(c | no image) is the caption prior the model learned from dropped
@@ -21,11 +21,15 @@ merely common or short.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vlgen_jax.errors import UserError
 from vlgen_jax.model import captioner
 from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -63,23 +67,25 @@ def score(model, params, image_tokens, text_ids, *, pmi: bool = False):
   return total / n
 
 
-def score_matrix(model, params, image_tokens, text_ids, *, pmi: bool = False):
-  """image_tokens (B, N), text_ids (R, L) -> (B, R): every image against every
-  caption. Each image is encoded once; the caption prior (PMI) once per caption."""
+def score_candidates(model, params, image_tokens, text_ids, *, pmi: bool = False):
+  """image_tokens (B, N), text_ids (B, R, L): R candidate captions per image ->
+  (B, R) scores. Each image is encoded once for its R captions."""
   variables = {"params": params}
   encoded, mask = model.apply(variables, image_tokens, method=Model.encode_image)
-  num_captions = text_ids.shape[0]
+  num_captions = text_ids.shape[1]
 
-  def one_image(enc, m):
+  def one_image(args):
+    enc, m, text = args
     enc = jnp.broadcast_to(enc[None], (num_captions, *enc.shape))
     m = jnp.broadcast_to(m[None], (num_captions, *m.shape))
-    return _normalised(model, params, enc, m, text_ids)
+    return _normalised(model, params, enc, m, text)
 
-  total, n = jax.lax.map(lambda a: one_image(*a), (encoded, mask))  # (B, R)
+  total, n = jax.lax.map(one_image, (encoded, mask, text_ids))  # (B, R)
   if pmi:
-    null = captioner.null_images(model.spec, num_captions)
+    flat = text_ids.reshape(-1, text_ids.shape[-1])
+    null = captioner.null_images(model.spec, flat.shape[0])
     enc0, mask0 = model.apply(variables, null, method=Model.encode_image)
-    total = total - _normalised(model, params, enc0, mask0, text_ids)[0][None, :]
+    total = total - _normalised(model, params, enc0, mask0, flat)[0].reshape(total.shape)
   return total / n
 
 
@@ -152,7 +158,141 @@ def make_scorer(model, *, pmi: bool = False):
   return jax.jit(functools.partial(score, model, pmi=pmi))
 
 
-def make_score_matrix(model, *, pmi: bool = False):
-  """Jitted `fn(params, image_tokens (B, N), text_ids (R, L)) -> (B, R)`."""
-  return jax.jit(functools.partial(score_matrix, model, pmi=pmi))
+def make_candidate_scorer(model, *, pmi: bool = False):
+  """Jitted `fn(params, image_tokens (B, N), text_ids (B, R, L)) -> (B, R)`."""
+  return jax.jit(functools.partial(score_candidates, model, pmi=pmi))
 
+
+
+# ---- a trained run ------------------------------------------------------------
+
+CAPTION_SUBDIR = "caption"  # where `vlgen demo` keeps the captioner run
+
+
+def find_caption_run(workdir: str) -> str:
+  """The captioner run in `workdir` (itself, or `workdir/caption`)."""
+  from vlgen_jax.sample import generator
+  from vlgen_jax.train import checkpoint
+  if not os.path.isdir(workdir):
+    raise UserError(f"workdir not found: {workdir}")
+  for cand in (workdir, os.path.join(workdir, CAPTION_SUBDIR)):
+    if generator._is_run(cand) and checkpoint.load_config(cand).get("task") == "caption":
+      return cand
+  raise UserError(f"no captioner run in {workdir} (expected a `caption` train workdir or "
+                  f"{os.path.join(workdir, CAPTION_SUBDIR)})")
+
+
+def run_parts(run: str, config, vq_workdir: str | None = None) -> tuple[str, str]:
+  """(VQ run, tokenizer file) a run was trained with. The one place that
+  locates them, so switching to recorded run metadata is a one-function change."""
+  from vlgen_jax.sample import generator
+  return (os.path.realpath(generator.find_vq_run(run, config, vq_workdir)),
+          generator.find_tokenizer(run, config))
+
+
+@dataclasses.dataclass
+class Captioner:
+  """A trained captioner: captions and scores images given as VQ tokens (or
+  pixels, encoded with the run's VQ). Batches are padded to `batch_size`
+  rows, so each function compiles once and results do not depend on batching."""
+  run: str
+  config: object
+  model: Model
+  params: object
+  tokenizer: object
+  vq_run: str
+  batch_size: int = 64
+  _vq: object = None
+  _fns: dict = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def load(cls, workdir: str, *, step: int | None = None, vq_workdir: str | None = None,
+           batch_size: int = 64) -> "Captioner":
+    from vlgen_jax.model.spec import ModelSpec
+    from vlgen_jax.text.tokenizer import TextTokenizer
+    from vlgen_jax.train import checkpoint
+    run = find_caption_run(workdir)
+    config = checkpoint.load_config(run)
+    vq_run, tokenizer_path = run_parts(run, config, vq_workdir)
+    model = Model(ModelSpec.from_config(config))
+    params = checkpoint.load_params(run, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return cls(run=run, config=config, model=model, params=params,
+               tokenizer=TextTokenizer.from_file(tokenizer_path), vq_run=vq_run,
+               batch_size=batch_size)
+
+  @property
+  def spec(self):
+    return self.model.spec
+
+  @property
+  def vq(self):
+    """The run's VQ tokenizer (loaded on first use)."""
+    if self._vq is None:
+      from vlgen_jax.vq.api import VQTokenizer
+      vq = VQTokenizer.from_workdir(self.vq_run)
+      if vq.num_codes != self.spec.image_vocab_size or tuple(vq.token_grid) != self.spec.image_grid:
+        raise UserError(f"VQ run {self.vq_run} has {vq.num_codes} codes on a {vq.token_grid} "
+                        f"grid but the captioner expects {self.spec.image_vocab_size} on "
+                        f"{self.spec.image_grid}")
+      self._vq = vq
+    return self._vq
+
+  def encode_images(self, images, names=None) -> np.ndarray:
+    """uint8 images (each R x R x 3 at the VQ's resolution) -> tokens (n, N)."""
+    r = self.vq.resolution
+    for i, image in enumerate(images):
+      if np.shape(image) != (r, r, 3):
+        name = names[i] if names else f"image {i}"
+        raise UserError(f"{name} is {'x'.join(map(str, np.shape(image)))}; the captioner's VQ "
+                        f"({self.vq_run}) encodes {r}x{r}x3 images")
+    tokens = [self.vq.encode(np.stack(images[i:i + self.batch_size]))
+              for i in range(0, len(images), self.batch_size)]
+    return np.concatenate(tokens).reshape(len(images), -1)
+
+  def text_ids(self, captions) -> np.ndarray:
+    return self.tokenizer.encode_batch(list(captions), self.spec.text_length)
+
+  def _fn(self, key, make):
+    if key not in self._fns:
+      self._fns[key] = make()
+    return self._fns[key]
+
+  def _batched(self, fn, *arrays):
+    """fn over fixed-size row batches of `arrays` (padded), outputs concatenated."""
+    from vlgen_jax.sample.sampler import pad_batch
+    n = arrays[0].shape[0]
+    outs = []
+    for start in range(0, n, self.batch_size):
+      chunk = [pad_batch(np.asarray(a[start:start + self.batch_size]), self.batch_size)[0]
+               for a in arrays]
+      real = min(self.batch_size, n - start)
+      out = fn(self.params, *chunk)
+      outs.append(jax.tree.map(lambda x: np.asarray(x)[:real], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  def caption(self, image_tokens, *, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
+    """Captions and their normalised log-probs of images (n, N) tokens."""
+    if int(beam_size) != beam_size or beam_size < 1:
+      raise UserError(f"beam size must be a positive integer, got {beam_size}")
+    fn = self._fn(("caption", beam_size),
+                  lambda: make_captioner(self.model, beam_size=int(beam_size)))
+    ids, scores = self._batched(fn, np.asarray(image_tokens, np.int32))
+    return self.tokenizer.decode_batch(ids), scores
+
+  def score(self, image_tokens, captions, *, pmi: bool = False) -> np.ndarray:
+    """(n,) scores of image i with caption i (strings)."""
+    fn = self._fn(("score", pmi), lambda: make_scorer(self.model, pmi=pmi))
+    return self._batched(fn, np.asarray(image_tokens, np.int32), self.text_ids(captions))
+
+  def prior(self, captions) -> np.ndarray:
+    """(n,) normalised log p(caption | no image): the caption prior PMI divides out."""
+    null = np.full((len(captions), self.spec.num_image_tokens),
+                   captioner.null_image_id(self.spec), np.int32)
+    return self.score(null, captions)
+
+  def score_candidates(self, image_tokens, candidates) -> np.ndarray:
+    """(n, R) normalised log p(c | image) of R candidate captions (strings) per image."""
+    fn = self._fn("candidates", lambda: make_candidate_scorer(self.model))
+    cands = np.asarray(candidates, dtype=object)
+    text = self.text_ids(cands.reshape(-1)).reshape(*cands.shape, -1)
+    return self._batched(fn, np.asarray(image_tokens, np.int32), text)

@@ -20,6 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   add_sampling_arguments(parser)
   parser.add_argument("--num-per-prompt", type=int, default=1)
   parser.add_argument("--batch-size", type=int, default=16)
+  add_rerank_arguments(parser)
+
+
+def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
+  """Options shared with `vlgen eval`."""
+  parser.add_argument("--scorer", default=None,
+                      help="captioner run: sample --candidates images per output and keep the "
+                           "one whose caption likelihood is highest")
+  parser.add_argument("--candidates", type=int, default=1,
+                      help="candidates per kept image (with --scorer)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +76,8 @@ def run(args) -> int:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+  from vlgen_jax.sample import rerank
+  rerank.check_arguments(args.scorer, args.candidates)
   prompts = read_prompts(args)
   from vlgen_jax.train import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
@@ -73,6 +85,7 @@ def run(args) -> int:
   options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh)
+  scorer = rerank.load_scorer(args.scorer, gen)
   expanded = [p for p in prompts for _ in range(args.num_per_prompt)]
   before = gen.tokenizer.num_truncated
   gen.tokenizer.encode_batch(prompts, gen.spec.text_length)
@@ -80,9 +93,11 @@ def run(args) -> int:
   import jax
   main_process = jax.process_index() == 0
   start = time.perf_counter()
-  with tqdm(total=len(expanded), desc="sample", unit="img", disable=not main_process) as bar:
-    images, _ = gen.generate(expanded, options, seed=args.seed, batch_size=args.batch_size,
-                             progress=bar.update)
+  with tqdm(total=len(expanded) * args.candidates, desc="sample", unit="img",
+            disable=not main_process) as bar:
+    images, _, _ = rerank.generate(gen, scorer, expanded, options, candidates=args.candidates,
+                                   seed=args.seed, batch_size=args.batch_size,
+                                   progress=bar.update)
   seconds = time.perf_counter() - start
   if truncated and main_process:
     print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
@@ -91,6 +106,7 @@ def run(args) -> int:
     grid = write_outputs(args.outdir, images, expanded, info={
         "run": os.path.abspath(gen.run), "step": gen.step,
         "evaluators": list(gen.config.evaluators)})
-    print(f"wrote {len(images)} images to {args.outdir} (grid: {grid}); "
-          f"{len(images) / seconds:.2f} images/s")
+    kept = f" (each the best of {args.candidates} by {args.scorer})" if scorer else ""
+    print(f"wrote {len(images)} images{kept} to {args.outdir} (grid: {grid}); "
+          f"{len(images) / seconds:.2f} images/s, {seconds / len(images):.3f} s per kept image")
   return 0
