@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 from vlgen_jax import cli
-from vlgen_jax.data import shapes
-from vlgen_jax.eval import captioning
 from vlgen_jax.eval.r_precision import r_precision
 from vlgen_jax.sample.captioner import Captioner
+from vlgen_jax.shapes import captioning, scenes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("total_steps=6", "log_every=3", "eval_every=0", "checkpoint_every=6", "batch_size=8",
@@ -40,7 +39,7 @@ def _render_folder(folder, n=3, resolution=32):
   names = []
   for i in range(n):
     name = f"img{i}.png"
-    Image.fromarray(shapes.render(shapes.sample_scene("validation", i), resolution)).save(
+    Image.fromarray(scenes.render(scenes.sample_scene("validation", i), resolution)).save(
         os.path.join(folder, name))
     names.append(name)
   return names

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlgen_jax.data import shapes
-from vlgen_jax.eval import fidelity
 from vlgen_jax.eval.r_precision import r_precision
+from vlgen_jax.shapes import fidelity, scenes
 
 
 def satisfies(image: np.ndarray, caption: str) -> bool:
@@ -26,14 +25,15 @@ def satisfies(image: np.ndarray, caption: str) -> bool:
 
 def shapes_split(split: str, num: int, resolution: int):
   """(uint8 renders, captions) of the first `num` scenes of a shapes split."""
-  scenes = [shapes.sample_scene(split, i) for i in range(num)]
-  return ([shapes.render(s, resolution) for s in scenes],
-          [shapes.build_caption(s.objects) for s in scenes])
+  drawn = [scenes.sample_scene(split, i) for i in range(num)]
+  return ([scenes.render(s, resolution) for s in drawn],
+          [scenes.build_caption(s.objects) for s in drawn])
 
 
 def shapes_caption_eval(captioner, split: str, num: int, *, beam_size: int = 1, R: int = 100,
-                        seed: int = 0, pmi: bool = True) -> dict:
-  """Caption fidelity, exact match and (R > 0) R-precision on a shapes split."""
+                        seed: int = 0, pmi: bool = True) -> tuple[dict, list[str]]:
+  """(caption fidelity, exact match and (R > 0) R-precision on a shapes split,
+  the generated captions)."""
   images, references = shapes_split(split, num, captioner.vq.resolution)
   tokens = captioner.encode_images(images)
   captions, _ = captioner.caption(tokens, beam_size=beam_size)
