@@ -92,15 +92,15 @@ def run(args) -> int:
   else:
     from vlgen_jax.data.token_records import TokenRecordSource, decode_token_record
     source = TokenRecordSource(args.tokens, args.split)
-    n = len(source) if args.num <= 0 else min(args.num, len(source))
-    records = [decode_token_record(source[i]) for i in range(n)]
     if source.num_tokens != captioner.spec.num_image_tokens:
       raise UserError(f"{args.tokens} has {source.num_tokens} tokens per image, the captioner "
                       f"expects {captioner.spec.num_image_tokens}")
+    n = len(source) if args.num <= 0 else min(args.num, len(source))
+    records = [decode_token_record(source[i]) for i in range(n)]
     tokens = np.stack([t for t, _ in records])
     references = [c for _, c in records]
     names, skipped = [str(i) for i in range(n)], 0
-  captions, scores = captioner.caption(tokens, beam_size=beam)
+  captions, _ = captioner.caption(tokens, beam_size=beam)
   seconds = time.perf_counter() - start
   if references is None:
     write_tsv(output, zip(names, captions))
