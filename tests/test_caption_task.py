@@ -41,7 +41,7 @@ def _leaf(tree, path):
 
 
 def test_learns_synthetic_captions(tmp_path, in_process_compile_cache):
-  train(_config("total_steps=150", "eval_every=150", "checkpoint_every=0", "log_every=50"),
+  train(_config("total_steps=100", "eval_every=100", "checkpoint_every=0", "log_every=50"),
         str(tmp_path), devices=jax.devices()[:1])
   evals = [m for m in read_metrics(tmp_path) if "eval/exact_caption_accuracy" in m]
   # Every word of the caption is readable from its band of image codes.
