@@ -107,6 +107,18 @@ def test_score_is_length_normalised_sum_of_teacher_forced_log_probs(variant):
   np.testing.assert_allclose(np.diag(matrix[::-1]), swapped, rtol=1e-4, atol=1e-5)
 
 
+def test_pmi_guided_search_equals_full_recompute():
+  _, model, params = _setup("learned")
+  images = _images(6, seed=3)
+  guide = dict(beam_size=2, pmi_weight=1.0, plausibility=0.05)
+  tokens, scores = lib.make_captioner(model, **guide)(params, images)
+  ref_tokens, ref_scores = lib.make_captioner(model, cached=False, **guide)(params, images)
+  np.testing.assert_array_equal(tokens, ref_tokens)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+  plain, _ = lib.make_captioner(model, beam_size=2)(params, images)
+  assert not np.array_equal(tokens, plain)  # the prior changed some captions
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("beam", [1, 3])
 def test_cached_search_equals_full_recompute(variant, beam):

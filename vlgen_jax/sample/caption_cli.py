@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="TSV to write (default DIR/captions.tsv for --images)")
   parser.add_argument("--beam-size", type=int, default=None,
                       help="beam width (1 = greedy; default the run's config.caption.beam_size)")
+  parser.add_argument("--pmi-weight", type=float, default=None,
+                      help="PMI-guided decoding: add w * (log p(c|image) - log p(c|no image)) "
+                           "per id (default: the run's config.caption.pmi_weight)")
+  parser.add_argument("--plausibility", type=float, default=None,
+                      help="with --pmi-weight: only ids with p(c|image) >= this fraction of "
+                           "the most likely id's (default: config.caption.plausibility)")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
   parser.add_argument("--vq-workdir", default=None, help="VQ run (default: the run's own)")
@@ -83,7 +89,10 @@ def run(args) -> int:
                     "pass --output FILE.tsv to write elsewhere")
   captioner = Captioner.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                              batch_size=args.batch_size)
-  beam = args.beam_size if args.beam_size is not None else captioner.config.caption.beam_size
+  defaults = captioner.config.caption
+  beam = args.beam_size if args.beam_size is not None else defaults.beam_size
+  pmi_weight = args.pmi_weight if args.pmi_weight is not None else defaults.pmi_weight
+  plausibility = args.plausibility if args.plausibility is not None else defaults.plausibility
   start = time.perf_counter()
   if args.images:
     names, images, skipped = read_images(args.images)
@@ -100,7 +109,8 @@ def run(args) -> int:
     tokens = np.stack([t for t, _ in records])
     references = [c for _, c in records]
     names, skipped = [str(i) for i in range(n)], 0
-  captions, _ = captioner.caption(tokens, beam_size=beam)
+  captions, _ = captioner.caption(tokens, beam_size=beam, pmi_weight=pmi_weight,
+                                  plausibility=plausibility)
   seconds = time.perf_counter() - start
   if references is None:
     write_tsv(output, zip(names, captions))

@@ -12,6 +12,13 @@ log-probability (summed log-probs / number of ids after BOS, EOS included),
 which is exactly `score` of the decoded caption. Rows never interact, so an
 image's caption does not depend on the batch it was decoded in.
 
+PMI-guided decoding (`pmi_weight` w > 0, `plausibility` a): each step ranks
+ids by log p(c|i) + w (log p(c|i) - log p(c|no image)) among ids with
+p(c|i) >= a * max p(c|i) (contrastive decoding's plausibility floor); the
+"no image" rows run as a second half of the batch with their own cache. It
+lets image evidence override a caption prior learned from correlations
+(on shapes: "yellow" was never followed by "square" in training).
+
 Scores (`score`, `score_candidates`): the length-normalised log p(caption |
 image), or with `pmi=True` the pointwise mutual information
   (log p(c | image) - log p(c | no image)) / n,
@@ -91,24 +98,41 @@ def score_candidates(model, params, image_tokens, text_ids, *, pmi: bool = False
 
 # ---- decoding --------------------------------------------------------------
 
-def _step_log_probs(logits, finished, position, last: int):
-  """log-softmax of a step's logits with the rules of the module docstring."""
-  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+def _step_rules(logp, finished, position, last: int):
+  """A step's log-probs with the rules of the module docstring: EOS forced at
+  the last position, finished beams continue with PAD at no cost."""
   ids = jnp.arange(logp.shape[-1])
   logp = jnp.where((position == last) & (ids != EOS_ID)[None, :], -jnp.inf, logp)
   only_pad = jnp.where(ids == PAD_ID, 0.0, -jnp.inf)[None, :]
   return jnp.where(finished[:, None], only_pad, logp)
 
 
-def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool = True):
+def guided_log_probs(logp, logp_prior, pmi_weight: float, plausibility: float):
+  """Per-step PMI guidance, as contrastive decoding: log p(c|i) + w (log p(c|i)
+  - log p(c|no image)), among ids with p(c|i) >= plausibility * max p(c|i)."""
+  out = logp + pmi_weight * (logp - logp_prior)
+  if plausibility > 0:
+    floor = jnp.max(logp, axis=-1, keepdims=True) + np.log(plausibility)
+    out = jnp.where(logp >= floor, out, -jnp.inf)
+  return out
+
+
+def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool = True,
+                pmi_weight: float = 0.0, plausibility: float = 0.0):
   """image_tokens (B, N) -> (text_ids (B, L) int32 `BOS ... EOS PAD...`,
-  normalised log-probs (B,) fp32). `cached=False` recomputes the full decoder
-  forward over the whole sequence at every step (the reference for tests)."""
+  normalised scores (B,) fp32: log-probs, or with `pmi_weight` > 0 the guided
+  objective of `guided_log_probs`, whose prior rows run as a second half of
+  the batch). `cached=False` recomputes the full decoder forward over the
+  whole sequence at every step (the reference for tests)."""
   spec = model.spec
   batch, width = image_tokens.shape[0], beam_size
   steps = captioner.decode_length(spec)
+  guided = pmi_weight > 0
   variables = {"params": params}
-  encoded, mask = model.apply(variables, image_tokens, method=Model.encode_image)
+  images = image_tokens
+  if guided:
+    images = jnp.concatenate([image_tokens, captioner.null_images(spec, batch)])
+  encoded, mask = model.apply(variables, images, method=Model.encode_image)
   encoded, mask = jnp.repeat(encoded, width, axis=0), jnp.repeat(mask, width, axis=0)
   rows = batch * width
   vocab = spec.text_vocab_padded
@@ -117,16 +141,21 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
   # Only beam 0 is live at the start, so the first step's top W are distinct.
   scores = jnp.tile(jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf), (batch, 1))
   finished = jnp.zeros((rows,), bool)
+  both = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
 
   def step(carry, position):
     tokens, scores, finished, cache = carry
     if cached:
       token = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
-      logits, cache = model.apply(variables, token, position, cache, method=Model.decode_step)
+      logits, cache = model.apply(variables, both(token), position, cache,
+                                  method=Model.decode_step)
     else:
-      logits = model.apply(variables, encoded, mask, tokens, method=Model.caption_logits)
+      logits = model.apply(variables, encoded, mask, both(tokens), method=Model.caption_logits)
       logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
-    logp = _step_log_probs(logits, finished, position, steps - 1)
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    if guided:
+      logp = guided_log_probs(logp[:rows], logp[rows:], pmi_weight, plausibility)
+    logp = _step_rules(logp, finished, position, steps - 1)
     cand = (scores[:, :, None] + logp.reshape(batch, width, vocab)).reshape(batch, width * vocab)
     scores, flat = jax.lax.top_k(cand, width)
     source = (jnp.arange(batch)[:, None] * width + flat // vocab).reshape(rows)
@@ -135,8 +164,9 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
     tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, position + 1, axis=1)
     finished = jnp.take(finished, source, axis=0) | (token == EOS_ID)
     if cached:
-      cache = dict(cache, self_k=jnp.take(cache["self_k"], source, axis=1),
-                   self_v=jnp.take(cache["self_v"], source, axis=1))
+      rows_source = jnp.concatenate([source, source + rows]) if guided else source
+      cache = dict(cache, self_k=jnp.take(cache["self_k"], rows_source, axis=1),
+                   self_v=jnp.take(cache["self_v"], rows_source, axis=1))
     return (tokens, scores, finished, cache), None
 
   (tokens, scores, _, _), _ = jax.lax.scan(step, (tokens, scores, finished, cache),
@@ -148,9 +178,11 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
   return tokens, normalised[jnp.arange(batch), best]
 
 
-def make_captioner(model, *, beam_size: int = 1, cached: bool = True):
+def make_captioner(model, *, beam_size: int = 1, cached: bool = True, pmi_weight: float = 0.0,
+                   plausibility: float = 0.0):
   """Jitted `fn(params, image_tokens) -> (text_ids, scores)`."""
-  return jax.jit(functools.partial(beam_search, model, beam_size=beam_size, cached=cached))
+  return jax.jit(functools.partial(beam_search, model, beam_size=beam_size, cached=cached,
+                                   pmi_weight=pmi_weight, plausibility=plausibility))
 
 
 def make_scorer(model, *, pmi: bool = False):
@@ -270,12 +302,17 @@ class Captioner:
       outs.append(jax.tree.map(lambda x: np.asarray(x)[:real], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
-  def caption(self, image_tokens, *, beam_size: int = 1) -> tuple[list[str], np.ndarray]:
-    """Captions and their normalised log-probs of images (n, N) tokens."""
+  def caption(self, image_tokens, *, beam_size: int = 1, pmi_weight: float = 0.0,
+              plausibility: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Captions of images (n, N) tokens and their normalised scores."""
     if int(beam_size) != beam_size or beam_size < 1:
       raise UserError(f"beam size must be a positive integer, got {beam_size}")
-    fn = self._fn(("caption", beam_size),
-                  lambda: make_captioner(self.model, beam_size=int(beam_size)))
+    if not pmi_weight >= 0 or not 0 <= plausibility < 1:
+      raise UserError(f"PMI weight must be >= 0 and plausibility in [0, 1), got {pmi_weight}, "
+                      f"{plausibility}")
+    key = ("caption", beam_size, pmi_weight, plausibility)
+    fn = self._fn(key, lambda: make_captioner(self.model, beam_size=int(beam_size),
+                                              pmi_weight=pmi_weight, plausibility=plausibility))
     ids, scores = self._batched(fn, np.asarray(image_tokens, np.int32))
     return self.tokenizer.decode_batch(ids), scores
 

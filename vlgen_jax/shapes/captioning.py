@@ -31,13 +31,16 @@ def shapes_split(split: str, num: int, resolution: int):
 
 
 def shapes_caption_eval(captioner, split: str, num: int, *, beam_size: int = 1, R: int = 100,
-                        seed: int = 0, pmi: bool = True) -> tuple[dict, list[str]]:
+                        seed: int = 0, pmi: bool = True, pmi_weight: float = 0.0,
+                        plausibility: float = 0.0) -> tuple[dict, list[str]]:
   """(caption fidelity, exact match and (R > 0) R-precision on a shapes split,
   the generated captions)."""
   images, references = shapes_split(split, num, captioner.vq.resolution)
   tokens = captioner.encode_images(images)
-  captions, _ = captioner.caption(tokens, beam_size=beam_size)
-  out = {"split": split, "n": num, "beam_size": beam_size,
+  captions, _ = captioner.caption(tokens, beam_size=beam_size, pmi_weight=pmi_weight,
+                                  plausibility=plausibility)
+  out = {"split": split, "n": num, "beam_size": beam_size, "pmi_weight": pmi_weight,
+         "plausibility": plausibility,
          "caption_fidelity": float(np.mean([satisfies(i, c) for i, c in zip(images, captions)])),
          "exact_match": float(np.mean([c == r for c, r in zip(captions, references)]))}
   if R:
