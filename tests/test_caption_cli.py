@@ -88,7 +88,7 @@ def test_option_errors_are_one_line(demo, tmp_path, capsys, args, message):
 
 def test_not_a_captioner_run(demo, capsys):
   assert cli.main(["caption", "--workdir", str(demo / "t2i"), "--images", str(demo)]) == 2
-  assert "no captioner run" in capsys.readouterr().err
+  assert "no caption run" in capsys.readouterr().err
 
 
 def test_shapes_evaluation_and_r_precision_run_end_to_end(demo):

@@ -198,28 +198,17 @@ def make_candidate_scorer(model, *, pmi: bool = False):
 
 # ---- a trained run ------------------------------------------------------------
 
-CAPTION_SUBDIR = "caption"  # where `vlgen demo` keeps the captioner run
-
-
 def find_caption_run(workdir: str) -> str:
-  """The captioner run in `workdir` (itself, or `workdir/caption`)."""
-  from vlgen_jax.sample import generator
-  from vlgen_jax.train import checkpoint
-  if not os.path.isdir(workdir):
-    raise UserError(f"workdir not found: {workdir}")
-  for cand in (workdir, os.path.join(workdir, CAPTION_SUBDIR)):
-    if generator._is_run(cand) and checkpoint.load_config(cand).get("task") == "caption":
-      return cand
-  raise UserError(f"no captioner run in {workdir} (expected a `caption` train workdir or "
-                  f"{os.path.join(workdir, CAPTION_SUBDIR)})")
+  """The captioner run in `workdir` (itself, or the one a demo workdir names)."""
+  from vlgen_jax import runs
+  return runs.find_run(workdir, "caption")
 
 
 def run_parts(run: str, config, vq_workdir: str | None = None) -> tuple[str, str]:
-  """(VQ run, tokenizer file) a run was trained with. The one place that
-  locates them, so switching to recorded run metadata is a one-function change."""
-  from vlgen_jax.sample import generator
-  return (os.path.realpath(generator.find_vq_run(run, config, vq_workdir)),
-          generator.find_tokenizer(run, config))
+  """(VQ run, tokenizer file) the run was trained with, as it records them
+  (vlgen_jax/runs.py: the export's copies, else the token dataset's record)."""
+  from vlgen_jax import runs
+  return runs.vq_of(run, config, vq_workdir), runs.tokenizer_of(run, config)
 
 
 @dataclasses.dataclass
