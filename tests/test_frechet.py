@@ -107,8 +107,8 @@ def test_inception_features_from_weight_files(inception_weights, tmp_path):
   # The same weights as safetensors give the same features.
   st = tmp_path / "weights.safetensors"
   _write_safetensors(st, inception.flatten(variables))
-  np.testing.assert_allclose(frechet.InceptionFeatures(str(st), resolution=75)(images), got,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      frechet.InceptionFeatures(str(st), batch_size=2, resolution=75)(images), got, rtol=1e-6)
 
 
 def test_inception_weights_are_checked_by_name_and_shape(inception_weights, tmp_path):
