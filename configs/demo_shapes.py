@@ -19,6 +19,10 @@ def get_config():
   c.text_vocab_size = 128
   c.vq = ml_collections.ConfigDict({"config": "configs/vq_shapes.py", "overrides": ()})
   c.t2i = ml_collections.ConfigDict({"config": "configs/t2i_shapes.py", "overrides": ()})
+  # The captioner (docs/captioning.md): its own stage, then an eval of the
+  # t2i run where each image is the best of 8 by caption likelihood.
+  c.caption = ml_collections.ConfigDict({"config": "configs/caption_shapes.py", "overrides": (),
+                                         "candidates": 8})
   c.sample = ml_collections.ConfigDict({
       "prompts": ("a large red circle in the center",
                   "a small blue square at the top left and a large yellow triangle at the bottom right",

@@ -25,6 +25,15 @@ def get_config():
                     "model.encoder_layers=1", "model.decoder_layers=1", "model.text_vocab_size=64",
                     "data.read_threads=1"),
   })
+  c.caption = ml_collections.ConfigDict({
+      "config": "configs/caption_shapes.py",
+      "overrides": ("total_steps=4", "log_every=2", "eval_every=0", "checkpoint_every=4",
+                    "batch_size=8", "model.image_vocab_size=16", "model.image_grid=(4,4)",
+                    "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
+                    "model.encoder_layers=1", "model.decoder_layers=1",
+                    "model.text_vocab_size=64", "data.read_threads=1"),
+      "candidates": 2,
+  })
   c.sample = ml_collections.ConfigDict({
       "prompts": ("a large red circle in the center", ""),
       "num_per_prompt": 2,

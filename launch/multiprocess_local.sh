@@ -7,7 +7,7 @@
 #   launch/multiprocess_local.sh N [train|sample|encode|eval] [arguments ...]
 # The subcommand defaults to `train`. Without arguments it runs a tiny
 # training (configs/toy.py, 20 steps) into ./workdirs/multiprocess_local.
-# Logs: <--outdir, else --workdir>/process_<i>.log.
+# Logs: <--workdir>/process_<i>.log, or <--outdir>.logs/process_<i>.log.
 # Environment: VLGEN_PORT (coordinator port, default: a free one),
 #   VLGEN_LOCAL_DEVICES (devices per process), VLGEN_VENV (virtualenv to use).
 set -euo pipefail
@@ -31,7 +31,8 @@ if [ $# -eq 0 ] && [ "$command" = "train" ]; then
   set -- --config "$repo_root/configs/toy.py" --workdir "$repo_root/workdirs/multiprocess_local" \
     --config.total_steps=20 --config.log_every=5 --config.checkpoint_every=10
 fi
-# Per-process logs go to the value of --outdir, else of --workdir.
+# Per-process logs go to --workdir, or for commands that write an --outdir
+# (which must not exist before they finish) to <outdir>.logs/.
 workdir=""
 outdir=""
 prev=""
@@ -44,7 +45,7 @@ for a in "$@"; do
   esac
   prev="$a"
 done
-workdir="${outdir:-$workdir}"
+if [ -n "$outdir" ]; then workdir="${outdir%/}.logs"; fi
 : "${workdir:?pass --workdir}"
 mkdir -p "$workdir"
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "encode": "vlgen_jax.vq.encode",
     "sample": "vlgen_jax.sample.cli",
     "edit": "vlgen_jax.sample.edit_cli",
+    "caption": "vlgen_jax.sample.caption_cli",
     "eval": "vlgen_jax.eval.cli",
     "demo": "vlgen_jax.demo",
 }

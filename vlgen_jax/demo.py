@@ -15,6 +15,9 @@ stage (the data is read where it is), the sample stage draws the first
 validation captions (W/prompts.txt) and the eval stage reports retrieval
 accuracy instead of shapes fidelity.
 
+Recipes with a `caption` section also train a captioner on the token dataset
+(after t2i) and evaluate with reranking among its candidates (eval_rerank).
+
 Each stage runs the same `vlgen` subcommand a user would run by hand, inside
 one process, writing into the demo workdir:
 
@@ -24,8 +27,10 @@ one process, writing into the demo workdir:
   WORKDIR/vq/                   VQ tokenizer run (vlgen train)
   WORKDIR/tokens/               VQ token dataset (vlgen encode)
   WORKDIR/t2i/                  text-to-image run (vlgen train)
+  WORKDIR/caption/              captioner run (recipes with `caption`; docs/captioning.md)
   WORKDIR/samples/              vlgen sample on a few prompts (grid.png)
   WORKDIR/eval/                 vlgen eval report (grid.png, results.json)
+  WORKDIR/eval_rerank/          the same eval, each image the best of `caption.candidates`
   WORKDIR/demo.json             finished stages, their wall times, the runs
 
 A re-run skips finished stages (and training stages resume from their
@@ -44,8 +49,10 @@ from vlgen_jax.errors import UserError
 HELP = ("run the whole pipeline (tokenizer → VQ → encode → t2i → sample → eval) on your "
         "images (--data DIR) or on shapes")
 
-STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "sample", "eval")
+STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "caption", "sample", "eval", "eval_rerank")
 OWN_STAGES = STAGES[1:]
+# Stages that run only when the recipe has a `caption` section.
+CAPTION_STAGES = ("caption", "eval_rerank")
 STATE_FILE = "demo.json"
 RECIPE_FILE = "recipe.json"
 PROMPTS_FILE = "prompts.txt"
@@ -92,7 +99,7 @@ def _vlgen(*argv) -> None:
     raise UserError(f"demo stage failed: vlgen {argv[0]} exited with {rc}")
 
 
-TRAINING_STAGES = ("vq", "t2i")  # each trains the run in w[stage]
+TRAINING_STAGES = ("vq", "t2i", "caption")  # each trains the run in w[stage]
 
 
 def _unfinished_training(run_dir: str) -> str | None:
@@ -175,7 +182,7 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
              f"_heldout{c.heldout_size}")
   data_overrides = [f"data.name={dataset}", f"data.data_dir={w['data']}",
                     f"data.resolution={c.resolution}"]
-  return {
+  commands = {
       "data": ["data", "shapes", "--data-dir", w["data"], "--resolution", c.resolution,
                "--train-size", c.train_size, "--validation-size", c.validation_size,
                "--heldout-size", c.heldout_size],
@@ -194,6 +201,15 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
       "eval": ["eval", "--workdir", w["t2i"], "--split", c.eval.split, "--num", c.eval.num,
                "--report", w["eval"], "--seed", c.seed],
   }
+  if "caption" in c:
+    commands["caption"] = ["train", "--config", c.caption.config, "--workdir", w["caption"],
+                           f"--config.data.data_dir={w['tokens']}",
+                           f"--config.data.tokenizer={w['tokenizer']}",
+                           *_overrides(c.caption.overrides)]
+    commands["eval_rerank"] = [*commands["eval"][:-4], "--report", w["eval_rerank"],
+                               "--seed", c.seed, "--scorer", w["caption"],
+                               "--candidates", c.caption.candidates]
+  return commands
 
 
 def _portable(command, workdir: str) -> list[str]:
@@ -245,7 +261,8 @@ def run(args) -> int:
   w = {"data": os.path.join(workdir, "data"),
        "tokenizer": os.path.join(workdir, "text_tokenizer.model"),
        "prompts": os.path.join(workdir, PROMPTS_FILE),
-       **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "samples", "eval")}}
+       **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "caption", "samples",
+                                                "eval", "eval_rerank")}}
   commands = own_stage_commands(c, w) if own else stage_commands(c, w)
   os.makedirs(workdir, exist_ok=True)
   if own:
@@ -256,10 +273,11 @@ def run(args) -> int:
   _check_recipe(state, c.to_dict(), commands, workdir, redo, stages)
   state["recipe"] = c.to_dict()
   # `vlgen sample/eval --workdir DEMO` find the runs here (vlgen_jax/runs.py).
-  state["runs"] = {"t2i": w["t2i"], "vq": w["vq"]}
+  state["runs"] = {"t2i": w["t2i"], "vq": w["vq"],
+                   **({"caption": w["caption"]} if "caption" in c else {})}
   total = time.perf_counter()
   for stage in all_stages:
-    if stage not in stages:
+    if stage not in stages or stage not in commands:
       continue
     done = state["stages"].get(stage, {}).get("done")
     if done and stage not in redo:
@@ -289,26 +307,32 @@ def run(args) -> int:
   if os.path.exists(results):
     with open(results) as f:
       summary["eval"] = json.load(f)
+  reranked = os.path.join(w["eval_rerank"], "results.json")
+  if "caption" in c and os.path.exists(reranked):
+    with open(reranked) as f:
+      summary["eval_rerank"] = json.load(f)
   state["summary"] = summary
   _save_state(workdir, state)
   print("\n[demo] summary")
   for k, v in summary["stage_seconds"].items():
     print(f"  {k:<10} {v:8.1f} s")
-  if "eval" in summary:
-    e = summary["eval"]
-    if "t2i" in e:
+  for key, how in (("eval", ""), ("eval_rerank", " (reranked)")):
+    if key not in summary:
+      continue
+    e = summary[key]
+    if "t2i" in e and key == "eval":
       print(f"  t2i {c.eval.split} loss {e['t2i']['loss']:.3f} nats/token "
             f"({e['t2i']['bits_per_token']:.3f} bits)"
             + (f"; VQ reconstruction PSNR {e['vq']['psnr']:.2f} dB" if "vq" in e else ""))
     if "retrieval" in e:
       r = e["retrieval"]
-      print(f"  retrieval on {r['n']} {c.eval.split} captions (nearest of R={r['R']} at "
+      print(f"  retrieval{how} on {r['n']} {c.eval.split} captions (nearest of R={r['R']} at "
             f"{r['size']} px): top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f}")
     for name, v in e.items():
       if isinstance(v, dict) and "fidelity" in v:
-        print(f"  {name} fidelity on {v['n']} {c.eval.split} captions: {v['fidelity']:.3f} "
+        print(f"  {name} fidelity{how} on {v['n']} {c.eval.split} captions: {v['fidelity']:.3f} "
               f"(count {v['count']:.3f}, color {v['color']:.3f}, shape {v['shape']:.3f}, "
               f"size {v['size']:.3f}, position {v['position']:.3f})")
-    print(f"  grid: {os.path.join(w['eval'], 'grid.png')}")
+    print(f"  grid: {os.path.join(w[key], 'grid.png')}")
   print(f"  samples: {os.path.join(w['samples'], 'grid.png')}")
   return 0

@@ -15,7 +15,7 @@ import argparse
 import json
 
 from vlgen_jax.errors import UserError
-from vlgen_jax.sample.cli import add_sampling_arguments, sampling_overrides
+from vlgen_jax.sample.cli import add_rerank_arguments, add_sampling_arguments, sampling_overrides
 
 HELP = "evaluate a trained text-to-image run (or a folder of captioned images)"
 
@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "IMAGES/eval)")
   parser.add_argument("--batch-size", type=int, default=32)
   add_sampling_arguments(parser)
+  add_rerank_arguments(parser)
+  parser.add_argument("--r-precision", type=int, default=100,
+                      help="with --scorer: R-precision among R captions (0 = off)")
+  parser.add_argument("--fd-features", default="none", choices=("none", "captioner", "inception"),
+                      help="Fréchet distance and KID against the split's real images, through "
+                           "the --scorer captioner's image encoder or Inception-v3 pool3")
+  parser.add_argument("--inception-weights", default=None,
+                      help="Inception-v3 weights (.npz/.safetensors; docs/captioning.md)")
 
 
 def _names(text: str | None):
@@ -58,7 +66,9 @@ def run(args) -> int:
         report=args.report, evaluator_names=_names(args.evaluators),
         sampling_overrides=sampling_overrides(args), seed=args.seed, batch_size=args.batch_size, step=args.step,
         vq_workdir=args.vq_workdir, mesh=args.mesh, dtype=args.dtype,
-        quantize=args.quantize)
+        quantize=args.quantize, scorer=args.scorer, candidates=args.candidates,
+        r_precision=args.r_precision, fd_features=args.fd_features,
+        inception_weights=args.inception_weights)
   if results is not None:
     print(json.dumps(results))
   return 0

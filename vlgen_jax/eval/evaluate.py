@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Mapping, Sequence
 
 import jax
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from vlgen_jax.data import pipeline, token_records
 from vlgen_jax.errors import UserError
+from vlgen_jax.eval import caption_metrics, frechet
 from vlgen_jax.eval import report as report_lib
 from vlgen_jax.eval import retrieval
 from vlgen_jax.runs import t2i_config
@@ -104,9 +106,28 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
                  sampling_overrides: Mapping | None = None, seed: int = 0,
                  batch_size: int = 32, step: int | None = None,
                  vq_workdir: str | None = None, mesh: str | None = None,
-                 dtype: str | None = None, quantize: str = "none") -> dict | None:
+                 dtype: str | None = None, quantize: str = "none",
+                 scorer: str | None = None, candidates: int = 1, r_precision: int = 100,
+                 fd_features: str = "none", inception_weights: str | None = None
+                 ) -> dict | None:
   """Samples captions of the run's split (or a prompts file), scores and
-  reports them; returns the results on process 0 (None elsewhere)."""
+  reports them; returns the results on process 0 (None elsewhere).
+
+  With `scorer` (a captioner run): each image is the best of `candidates`
+  (vlgen_jax/sample/rerank.py), and R-precision (R = `r_precision`, 0 = off)
+  of the samples and of the split's real images is reported; `fd_features`
+  "captioner" / "inception" adds FD and KID against the split's real images
+  (vlgen_jax/eval/caption_metrics.py)."""
+  from vlgen_jax.sample import rerank
+  rerank.check_arguments(scorer, candidates)
+  if fd_features not in ("none", "captioner", "inception"):
+    raise UserError(f"--fd-features must be none, captioner or inception, got {fd_features!r}")
+  if fd_features == "captioner" and not scorer:
+    raise UserError("--fd-features captioner needs --scorer RUN (its image encoder)")
+  if fd_features == "inception" and not inception_weights:
+    raise UserError("--fd-features inception needs --inception-weights FILE")
+  if (fd_features != "none" or (scorer and r_precision)) and prompts_file:
+    raise UserError("R-precision and FD compare with the split's real images; drop --prompts")
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   config = t2i_config(workdir)
   # Everything the user could get wrong is checked before params are loaded.
@@ -128,10 +149,13 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
     psnr = reconstruction_psnr(config, gen.vq, split, num)
     if psnr is not None:
       metrics["vq"] = psnr
-  with tqdm(total=len(captions), desc=f"eval {split}", unit="img",
+  captioner = rerank.load_scorer(scorer, gen)
+  start = time.perf_counter()
+  with tqdm(total=len(captions) * candidates, desc=f"eval {split}", unit="img",
             disable=jax.process_index() != 0) as bar:
-    images, _ = gen.generate(captions, options, seed=seed, batch_size=batch_size,
-                             progress=bar.update)
+    images, sampled, _ = rerank.generate(gen, captioner, captions, options,
+                                         candidates=candidates, seed=seed,
+                                         batch_size=batch_size, progress=bar.update)
   if tokens is not None:
     # Retrieval (eval/retrieval.py) against the split's own tokens decoded by
     # the run's VQ: the images the model was trained to draw. They exist
@@ -141,11 +165,26 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
     references = gen.vq.decode_uint8(tokens.reshape(len(tokens), *gen.spec.image_grid))
   if jax.process_index() != 0:
     return None
+  metrics.update(candidates=candidates,
+                 seconds_per_kept_image=(time.perf_counter() - start) / len(captions))
+  if captioner is not None and r_precision:
+    metrics.update(caption_metrics.scorer_metrics(captioner, sampled, tokens, captions,
+                                                  R=r_precision, seed=seed))
+  if fd_features == "captioner":
+    features = frechet.CaptionerFeatures(captioner)
+    metrics.update({f"captioner_{k}": v for k, v in caption_metrics.frechet_metrics(
+        features.features_of_tokens(tokens), features.features_of_tokens(sampled)).items()})
+  elif fd_features == "inception":
+    features = frechet.InceptionFeatures(inception_weights)
+    real = gen.vq.decode_uint8(tokens.reshape(len(tokens), *gen.spec.image_grid))
+    metrics.update({f"inception_{k}": v for k, v in caption_metrics.frechet_metrics(
+        features(real), features(images)).items()})
   source = f"prompts-{os.path.basename(prompts_file)}" if prompts_file else split
   parallel = get_family(gen.spec.family).uses_steps
   steps = f"-steps{options.steps}" if parallel else ""
+  best = f"-best{candidates}" if captioner is not None else ""
   report = report or os.path.join(gen.run, "eval",
-                                  f"{source}-{num}-cfg{options.cfg_scale:g}{steps}")
+                                  f"{source}-{num}-cfg{options.cfg_scale:g}{steps}{best}")
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})

@@ -46,9 +46,13 @@ LOGIT_SCALE = 4.0
 
 
 class AppearanceCodes(nn.Module):
-  """`embed(tokens)` -> (..., d) and `logits(x)` -> fp32 (..., V_padded)."""
+  """`embed(tokens)` -> (..., d) and `logits(x)` -> fp32 (..., V_padded).
+
+  `with_logits=False` (the captioner's image encoder only embeds codes)
+  creates no output params."""
   spec: ModelSpec
   dtype: Any = jnp.float32
+  with_logits: bool = True
 
   def setup(self):
     s = self.spec
@@ -57,15 +61,17 @@ class AppearanceCodes(nn.Module):
         (s.image_vocab_size, s.code_feature_dim), jnp.float32)
     self.embed_proj = layers.DenseGeneral((s.d_model,), (None, "embed"), dtype=self.dtype,
                                           name="embed_proj")
-    self.logit_proj = layers.DenseGeneral((s.d_model,), (None, "embed"), dtype=self.dtype,
-                                          name="logit_proj")
+    if self.with_logits:
+      self.logit_proj = layers.DenseGeneral((s.d_model,), (None, "embed"), dtype=self.dtype,
+                                            name="logit_proj")
     # BOS and vocabulary padding have no appearance: plain learned rows.
     self.special_embed = self.param(
         "special_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
         (s.image_vocab_padded - s.image_vocab_size, s.d_model), jnp.float32)
-    self.logit_bias = self.param(
-        "logit_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-        (s.image_vocab_size,), jnp.float32)
+    if self.with_logits:
+      self.logit_bias = self.param(
+          "logit_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+          (s.image_vocab_size,), jnp.float32)
 
   def _features(self):
     f = jax.lax.stop_gradient(self.code_features)

@@ -45,12 +45,12 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
   deterministic: bool = True
   mode: str = "train"
+  rope: str | None = None  # "2d" for image positions, "1d" for text, None
 
   @nn.compact
   def __call__(self, x, *args):
     s = self.spec
-    rope = "2d" if s.image_positions == "rope_2d" else None
-    self_attn = Attention(s, self.dtype, rope=rope, name="self_attention")
+    self_attn = Attention(s, self.dtype, rope=self.rope, name="self_attention")
     cross_attn = Attention(s, self.dtype, rope=None, name="cross_attention")
     self_norm = layers.Norm(s.norm, s.norm_eps, self.dtype, name="pre_self_attention_norm")
     cross_norm = layers.Norm(s.norm, s.norm_eps, self.dtype, name="pre_cross_attention_norm")
@@ -97,6 +97,49 @@ class DecoderLayer(nn.Module):
     raise ValueError(f"unknown decoder mode {self.mode!r}")
 
 
+def decoder_stack(spec: ModelSpec, dtype, *, mode: str, deterministic: bool, remat: bool,
+                  rope: str | None) -> nn.Module | None:
+  """The scanned `DecoderLayer`s ("layers") of a decoder in mode "train" or
+  "cross_kv"; None in "decode" (`decode_layers` runs them unrolled). Built
+  inside the caller's compact `__call__`; shared by the image decoder and the
+  captioner's text decoder."""
+  if mode == "decode":
+    return None
+  in_axes = (nn.broadcast,) * 3 if mode == "train" else ()
+  return layer_stack(DecoderLayer, num_layers=spec.decoder_layers, in_axes=in_axes,
+                     remat=spec.remat if (remat and mode == "train") else "none", name="layers",
+                     unroll=spec.decoder_layers if spec.unroll_layers else 1, spec=spec,
+                     dtype=dtype, deterministic=deterministic, mode=mode, rope=rope)
+
+
+def cross_kv_cache(stack, encoded, num_layers: int):
+  """Per-layer cross-attention K/V of `encoded`, each a (B, heads, S, kv)
+  buffer like the self-attention cache."""
+  _, (k, v) = stack(encoded)
+  return tuple(tuple(layers.constrain(to_cache_layout(a[i]), CACHE_AXES)
+                     for i in range(num_layers)) for a in (k, v))
+
+
+def decode_layers(module: nn.Module, x, cache, context_mask, positions, start, *,
+                  rope: str | None):
+  """The decoder layers of `module` (its scanned "layers" params, sliced per
+  layer: same weights as the scan) on a decode window; each layer owns its
+  cache buffers, written in place. Returns (x, self_k, self_v)."""
+  stacked = jax.tree.map(lambda a: a.value if isinstance(a, nn.meta.AxisMetadata) else a,
+                         module.variables["params"]["layers"],
+                         is_leaf=lambda a: isinstance(a, nn.meta.AxisMetadata))
+  layer = DecoderLayer(module.spec, module.dtype, mode="decode", rope=rope, parent=None)
+  self_k, self_v = [], []
+  for i in range(module.spec.decoder_layers):
+    params = jax.tree.map(lambda a: a[i], stacked)  # noqa: B023
+    x, k, v = layer.apply({"params": params}, x, cache["self_k"][i], cache["self_v"][i],
+                          cache["cross_k"][i], cache["cross_v"][i], context_mask,
+                          positions, start)
+    self_k.append(k)
+    self_v.append(v)
+  return x, tuple(self_k), tuple(self_v)
+
+
 class ImageDecoder(nn.Module):
   spec: ModelSpec
   dtype: Any = jnp.float32
@@ -111,17 +154,11 @@ class ImageDecoder(nn.Module):
     per row; the window must fit: position + T <= num_image_tokens).
     """
     s = self.spec
-    if mode in ("train", "cross_kv"):
-      in_axes = (nn.broadcast,) * 3 if mode == "train" else ()
-      stack = layer_stack(DecoderLayer, num_layers=s.decoder_layers, in_axes=in_axes,
-                          remat=s.remat if (remat and mode == "train") else "none", name="layers",
-                          unroll=s.decoder_layers if s.unroll_layers else 1, spec=s,
-                          dtype=self.dtype, deterministic=deterministic, mode=mode)
+    rope = "2d" if s.image_positions == "rope_2d" else None
+    stack = decoder_stack(s, self.dtype, mode=mode, deterministic=deterministic, remat=remat,
+                          rope=rope)
     if mode == "cross_kv":
-      _, (k, v) = stack(encoded)
-      # One (B, heads, text length, kv) buffer per layer, like the self-attention cache.
-      return tuple(tuple(layers.constrain(to_cache_layout(a[i]), CACHE_AXES)
-                         for i in range(s.decoder_layers)) for a in (k, v))
+      return cross_kv_cache(stack, encoded, s.decoder_layers)
 
     length = tokens.shape[1]
     if mode == "train":
@@ -148,7 +185,8 @@ class ImageDecoder(nn.Module):
       x, _ = stack(x, encoded, text_mask, positions)
       new_cache = None
     else:
-      x, self_k, self_v = self._decode_layers(x, cache, positions, position)
+      x, self_k, self_v = decode_layers(self, x, cache, cache["text_mask"], positions, position,
+                                        rope=rope)
       new_cache = dict(cache, self_k=self_k, self_v=self_v)
 
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
@@ -162,20 +200,3 @@ class ImageDecoder(nn.Module):
                        MASKED_LOGIT)
     logits = layers.constrain(logits, layers.BATCH_LENGTH_VOCAB)
     return logits if mode == "train" else (logits, new_cache)
-
-  def _decode_layers(self, x, cache, positions, start):
-    """The decoder layers on per-layer slices of the scanned ("layers"-stacked)
-    params: same weights as the scan, but each layer owns its cache buffers."""
-    stacked = jax.tree.map(lambda a: a.value if isinstance(a, nn.meta.AxisMetadata) else a,
-                           self.variables["params"]["layers"],
-                           is_leaf=lambda a: isinstance(a, nn.meta.AxisMetadata))
-    layer = DecoderLayer(self.spec, self.dtype, mode="decode", parent=None)
-    self_k, self_v = [], []
-    for i in range(self.spec.decoder_layers):
-      params = jax.tree.map(lambda a: a[i], stacked)  # noqa: B023
-      x, k, v = layer.apply({"params": params}, x, cache["self_k"][i], cache["self_v"][i],
-                            cache["cross_k"][i], cache["cross_v"][i], cache["text_mask"],
-                            positions, start)
-      self_k.append(k)
-      self_v.append(v)
-    return x, tuple(self_k), tuple(self_v)

@@ -13,16 +13,20 @@ from vlgen_jax.model.stack import layer_stack
 
 
 class EncoderLayer(nn.Module):
-  """Pre-norm block: self-attention over valid (non-pad) keys, then MLP."""
+  """Pre-norm block: self-attention over valid (non-pad) keys, then MLP.
+
+  Shared by the text encoder and the captioner's image encoder; `rope` is
+  None, "1d" (text) or "2d" (image grid), see `Attention`.
+  """
   spec: ModelSpec
   dtype: Any = jnp.float32
   deterministic: bool = True
+  rope: str | None = None
 
   @nn.compact
   def __call__(self, x, key_mask, positions):
     s = self.spec
-    rope = "1d" if s.text_positions == "rope" else None
-    attn = Attention(s, self.dtype, rope=rope, name="self_attention")
+    attn = Attention(s, self.dtype, rope=self.rope, name="self_attention")
     h = layers.Norm(s.norm, s.norm_eps, self.dtype, name="pre_attention_norm")(x)
     q = attn.queries(h, positions)
     k, v = attn.keys_values(h, positions)
@@ -59,7 +63,8 @@ class TextEncoder(nn.Module):
                         in_axes=(nn.broadcast, nn.broadcast),
                         remat=s.remat if remat else "none", name="layers",
                         unroll=s.encoder_layers if s.unroll_layers else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic)
+                        spec=s, dtype=self.dtype, deterministic=deterministic,
+                        rope="1d" if s.text_positions == "rope" else None)
     x, _ = stack(x, key_mask, positions)
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
     return x, key_mask

@@ -27,6 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   # Fault injection for tests/reliability: SIGTERM to itself after N batches.
   parser.add_argument("--debug-sigterm-after-batches", type=int, default=0,
                       help=argparse.SUPPRESS)
+  add_rerank_arguments(parser)
+
+
+def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
+  """Options shared with `vlgen eval`."""
+  parser.add_argument("--scorer", default=None,
+                      help="captioner run: sample --candidates images per output and keep the "
+                           "one whose caption likelihood is highest")
+  parser.add_argument("--candidates", type=int, default=1,
+                      help="candidates per kept image (with --scorer)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +138,8 @@ def run(args) -> int:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+  from vlgen_jax.sample import rerank
+  rerank.check_arguments(args.scorer, args.candidates)
   partial.check_output(args.outdir, args.overwrite, "--outdir")
   num_prompts, prompts = _prompt_source(args)
   total = num_prompts * args.num_per_prompt
@@ -137,9 +149,10 @@ def run(args) -> int:
   options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh, dtype=args.dtype, quantize=args.quantize)
+  scorer = rerank.load_scorer(args.scorer, gen)
   import jax
   main_process = jax.process_index() == 0
-  cap = gen.max_batch_size()
+  cap = max(1, gen.max_batch_size() // args.candidates)
   batch_size = min(args.batch_size, cap, total)
   if batch_size < min(args.batch_size, total) and main_process:
     print(f"note: --batch-size {args.batch_size} capped at {batch_size} (about "
@@ -150,6 +163,8 @@ def run(args) -> int:
                 "prompts": os.path.abspath(args.prompts) if args.prompts else list(args.prompt),
                 "num_prompts": num_prompts, "num_per_prompt": args.num_per_prompt,
                 "seed": args.seed, "sampling": repr(options),
+                "scorer": args.scorer and os.path.abspath(args.scorer),
+                "candidates": args.candidates,
                 "vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)}
   batches = [0]
   with locks.output_lock(outdir) if main_process else contextlib.nullcontext():
@@ -179,8 +194,10 @@ def run(args) -> int:
           before = gen.tokenizer.num_truncated
           gen.tokenizer.encode_batch([p for p, first in chunk if first], gen.spec.text_length)
           truncated += gen.tokenizer.num_truncated - before
-          images, _ = gen.generate(texts, options, seed=args.seed, batch_size=batch_size,
-                                   first_index=done)
+          images, _, _ = rerank.generate(gen, scorer, texts, options,
+                                         candidates=args.candidates, seed=args.seed,
+                                         batch_size=batch_size * args.candidates,
+                                         first_index=done)
           if writer:
             writer.write(images, texts)
           done += len(chunk)
@@ -204,7 +221,8 @@ def run(args) -> int:
                             "evaluators": list(gen.config.evaluators)})
       mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
               else "ar decoding")
-      print(f"wrote {total} images to {outdir} (grid: {grid}); "
+      kept = f" (each the best of {args.candidates} by {args.scorer})" if scorer else ""
+      print(f"wrote {total} images{kept} to {outdir} (grid: {grid}); "
             f"{(done - resumed) / max(seconds, 1e-9):.2f} images/s ({mode}, {gen.spec.dtype}"
             f"{', int8 weights' if args.quantize == 'int8' else ''})")
   return 0

@@ -19,6 +19,7 @@ TASKS = {
     "t2i": "vlgen_jax.tasks.t2i:TextToImageTask",
     "vq": "vlgen_jax.tasks.vq:VQTask",
     "toy": "vlgen_jax.tasks.toy:ToyTask",
+    "caption": "vlgen_jax.tasks.caption:CaptionTask",
 }
 
 

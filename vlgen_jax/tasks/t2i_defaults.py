@@ -109,3 +109,18 @@ def parti_config(*, encoder_layers: int, decoder_layers: int, d_model: int, mlp_
                      warmup_steps=5000, end_lr_ratio=0.1, b1=0.9, b2=0.96,
                      weight_decay=0.0, grad_clip_norm=1.0)
   return c
+
+
+def caption_config(source: str = "synthetic") -> ml_collections.ConfigDict:
+  """The captioner (`config.task = "caption"`, vlgen_jax/model/captioner.py):
+  the t2i model's fields with roles swapped (`encoder_layers` encode the image
+  tokens, `decoder_layers` decode the caption; `cond_dropout` drops images)."""
+  c = trainer_config()
+  c.task = "caption"
+  c.model = model_config()
+  c.data = data_config(source)
+  c.data.max_text_len = c.model.get_ref("text_length")
+  # `vlgen caption` defaults (flags override): beam 1 = greedy; pmi_weight 0 =
+  # plain likelihood (vlgen_jax/sample/captioner.py, PMI-guided decoding).
+  c.caption = ml_collections.ConfigDict({"beam_size": 1, "pmi_weight": 0.0, "plausibility": 0.0})
+  return c

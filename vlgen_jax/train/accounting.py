@@ -1,4 +1,4 @@
-"""Parameter counts and training FLOPs of the text-to-image model.
+"""Parameter counts and training FLOPs of the encoder-decoder models (t2i, captioner).
 
 FLOPs are counted analytically from the architecture (multiply-add = 2
 FLOPs; training = 3x forward), MaxText/PaLM style: all matmuls plus the
@@ -21,18 +21,26 @@ EMBEDDING_MARKERS = ("token_embed", "position_embed", "logits")
 
 def forward_flops(spec: ModelSpec) -> dict[str, float]:
   """Forward FLOPs per example, by part."""
+  return encoder_decoder_flops(spec, source=spec.text_length, target=spec.num_image_tokens,
+                               out_vocab=spec.image_vocab_padded)
+
+
+def encoder_decoder_flops(spec: ModelSpec, *, source: int, target: int,
+                          out_vocab: int) -> dict[str, float]:
+  """Forward FLOPs of an encoder over `source` positions and a decoder over
+  `target` positions predicting `out_vocab` ids (t2i: text -> image; the
+  captioner: image -> text)."""
   d, attn_dim, f = spec.d_model, spec.num_heads * spec.head_dim, spec.mlp_dim
-  text, image = spec.text_length, spec.num_image_tokens
   mlp_mats = 3 if spec.mlp == "swiglu" else 2
   qkvo = 4 * d * attn_dim
-  encoder_layer = 2 * text * (qkvo + mlp_mats * d * f) + 4 * text * text * attn_dim
-  decoder_layer = (2 * image * (qkvo + 2 * d * attn_dim + mlp_mats * d * f)  # self, cross q/o, mlp
-                   + 2 * text * (2 * d * attn_dim)                           # cross k/v of the text
-                   + 4 * image * image * attn_dim + 4 * image * text * attn_dim)
+  encoder_layer = 2 * source * (qkvo + mlp_mats * d * f) + 4 * source * source * attn_dim
+  decoder_layer = (2 * target * (qkvo + 2 * d * attn_dim + mlp_mats * d * f)  # self, cross q/o, mlp
+                   + 2 * source * (2 * d * attn_dim)                          # cross k/v of the source
+                   + 4 * target * target * attn_dim + 4 * target * source * attn_dim)
   return {
       "encoder": float(spec.encoder_layers * encoder_layer),
       "decoder": float(spec.decoder_layers * decoder_layer),
-      "logits": float(2 * image * d * spec.image_vocab_padded),
+      "logits": float(2 * target * d * out_vocab),
   }
 
 

@@ -1,0 +1,158 @@
+"""`vlgen caption`, reranking and the captioner's run loading on the tiny demo,
+whose recipe trains a captioner (a few steps) on the demo's token dataset,
+with the demo's VQ and tokenizer. Outputs, R-precision plumbing and
+one-line user errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlgen_jax import cli
+from vlgen_jax.eval.r_precision import r_precision
+from vlgen_jax.sample.captioner import Captioner
+from vlgen_jax.shapes import captioning, scenes
+
+
+
+@pytest.fixture(scope="module")
+def demo(demo_tiny_dir):
+  """The tiny demo workdir: its captioner run is demo/caption."""
+  assert (demo_tiny_dir / "caption" / "export").exists()
+  return demo_tiny_dir
+
+
+def _render_folder(folder, n=3, resolution=32):
+  os.makedirs(folder, exist_ok=True)
+  names = []
+  for i in range(n):
+    name = f"img{i}.png"
+    Image.fromarray(scenes.render(scenes.sample_scene("validation", i), resolution)).save(
+        os.path.join(folder, name))
+    names.append(name)
+  return names
+
+
+def test_caption_images_writes_captions_tsv(demo, tmp_path, capsys):
+  folder = tmp_path / "images"
+  names = _render_folder(folder)
+  (folder / "notes.txt").write_text("not an image")
+  (folder / "broken.png").write_bytes(b"not a png")
+  assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder)]) == 0
+  assert "1 unreadable files skipped" in capsys.readouterr().out
+  rows = [line.split("\t") for line in (folder / "captions.tsv").read_text().splitlines()]
+  assert [r[0] for r in rows] == names
+  # The same captions as the library on the same images.
+  captioner = Captioner.load(str(demo))
+  images = [np.asarray(Image.open(folder / n).convert("RGB")) for n in names]
+  want, _ = captioner.caption(captioner.encode_images(images))
+  assert [r[1] for r in rows] == [" ".join(c.split()) for c in want]
+  # A second run would overwrite the folder's captions.tsv: refused.
+  assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder)]) == 2
+  assert "captions.tsv exists" in capsys.readouterr().err
+
+
+def test_caption_token_dataset_with_references(demo, tmp_path, capsys):
+  out = tmp_path / "val.tsv"
+  assert cli.main(["caption", "--workdir", str(demo), "--tokens", str(demo / "tokens"),
+                   "--split", "validation", "--num", "5", "--beam-size", "2",
+                   "--output", str(out)]) == 0
+  assert "exact match with the reference captions" in capsys.readouterr().out
+  rows = [line.split("\t") for line in out.read_text().splitlines()]
+  assert len(rows) == 5 and all(len(r) == 3 for r in rows)
+
+
+def test_image_of_the_wrong_size_is_one_error_line(demo, tmp_path, capsys):
+  folder = tmp_path / "big"
+  _render_folder(folder, n=1, resolution=64)
+  assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and err.startswith("error: img0.png is 64x64x3")
+  assert not (folder / "captions.tsv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--beam-size", "0"], "beam size must be a positive integer"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_option_errors_are_one_line(demo, tmp_path, capsys, args, message):
+  folder = tmp_path / "imgs"
+  _render_folder(folder, n=1)
+  assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder), *args]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_not_a_captioner_run(demo, capsys):
+  assert cli.main(["caption", "--workdir", str(demo / "t2i"), "--images", str(demo)]) == 2
+  assert "no caption run" in capsys.readouterr().err
+
+
+def test_shapes_evaluation_and_r_precision_run_end_to_end(demo):
+  captioner = Captioner.load(str(demo), batch_size=8)
+  result, captions = captioning.shapes_caption_eval(captioner, "validation", 12, R=5)
+  assert result["n"] == 12 and len(captions) == 12
+  for key in ("caption_fidelity", "exact_match", "r_precision_top1", "r_precision_top5"):
+    assert 0.0 <= result[key] <= 1.0, key
+  assert result["r_precision_top5"] == 1.0  # 5 candidates: the own caption is always in the top 5
+  images, refs = captioning.shapes_split("validation", 12, 32)
+  tokens = captioner.encode_images(images)
+  a = r_precision(captioner, tokens, refs, R=4, seed=1)
+  assert a == r_precision(captioner, tokens, refs, R=4, seed=1)  # seeded
+
+
+def test_demo_eval_with_reranking_reports_r_precision(demo):
+  results = json.loads((demo / "eval_rerank" / "results.json").read_text())
+  assert results["candidates"] == 2 and results["seconds_per_kept_image"] > 0
+  for key in ("r_precision_top1", "r_precision_real_top1", "r_precision_top5"):
+    assert 0.0 <= results[key] <= 1.0, key
+
+
+def test_reranking_keeps_the_best_scored_candidate(demo):
+  from vlgen_jax.sample import rerank
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  gen = Generator.load(str(demo))
+  scorer = rerank.load_scorer(str(demo), gen)
+  prompts = ["a large red circle in the center", "a small blue square at the top left"]
+  options = SamplingOptions(temperature=1.0)
+  images, tokens, kept, scores = rerank.generate_reranked(gen, scorer, prompts, options,
+                                                          candidates=3, seed=5, batch_size=4)
+  # The candidates are plain samples i*3 + j of the seed, whatever the batching.
+  plain_images, plain_tokens = gen.generate([p for p in prompts for _ in range(3)], options,
+                                            seed=5, batch_size=2)
+  np.testing.assert_allclose(scores.ravel(), scorer.score(plain_tokens,
+                                                          [p for p in prompts for _ in range(3)]),
+                             rtol=1e-5)
+  best = np.argmax(scores, axis=1)
+  np.testing.assert_array_equal(tokens, plain_tokens[np.arange(2) * 3 + best])
+  np.testing.assert_array_equal(images, plain_images[np.arange(2) * 3 + best])
+  np.testing.assert_allclose(kept, scores.max(axis=1))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scorer", "SCORER", "--candidates", "0"], "--candidates must be a positive integer"),
+    (["--candidates", "4"], "--candidates > 1 needs --scorer"),
+])
+def test_rerank_option_errors_are_one_line(demo, tmp_path, capsys, args, message):
+  args = [str(demo) if a == "SCORER" else a for a in args]
+  assert cli.main(["sample", "--workdir", str(demo), "--prompt", "a large red circle in the center",
+                   "--outdir", str(tmp_path / "out"), *args]) == 2
+  err = capsys.readouterr().err.strip()
+  assert message in err and err.count("\n") == 0
+
+
+def test_scorer_with_another_tokenizer_is_one_error(demo, tmp_path, capsys):
+  from vlgen_jax.text.tokenizer import TOKENIZER_ASSET, TextTokenizer
+  other = tmp_path / "other"
+  shutil.copytree(demo / "caption", other / "caption")
+  sentences = [f"word{i} thing{i % 7} other{i % 3}" for i in range(200)]
+  TextTokenizer.train(sentences, 40).save(other / "caption" / "export" / "assets" / TOKENIZER_ASSET)
+  assert cli.main(["sample", "--workdir", str(demo), "--prompt", "a large red circle in the center",
+                   "--outdir", str(tmp_path / "out"), "--scorer", str(other / "caption"),
+                   "--candidates", "2", "--vq-workdir", str(demo / "vq")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "different caption tokenizers" in err and err.count("\n") == 0

@@ -1,0 +1,88 @@
+"""`CaptionTask` ("caption"): the trainer's view of the captioning model.
+
+Same data as t2i (a `vlgen encode` token dataset or the synthetic captions,
+`{"image_tokens", "text_ids"}` batches), same tokenizer checks, code
+features and export assets (it is a `TextToImageTask` with the model and
+loss swapped). `config.model.cond_dropout` here drops the *image*: that
+fraction of training examples see the "no image" input, so the model also
+learns the caption prior p(c | no image) that PMI scoring divides out.
+
+Metrics: next-id cross-entropy and token accuracy over the caption's real
+ids (EOS included, PAD not), and `exact_caption_accuracy`: the fraction of
+captions whose every id is the model's argmax given the true prefix, which
+is exactly the fraction that greedy decoding reproduces word for word.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from vlgen_jax.tasks.t2i import TextToImageTask
+
+
+def drop_images(image_tokens, rng, rate: float, null_id: int):
+  """Replaces each example's image by the "no image" input with probability `rate`."""
+  import jax
+  import jax.numpy as jnp
+  drop = jax.random.bernoulli(rng, rate, (image_tokens.shape[0],))
+  return jnp.where(drop[:, None], jnp.asarray(null_id, image_tokens.dtype), image_tokens)
+
+
+def caption_targets(text_ids):
+  """(targets (B, L-1), mask (B, L-1) bool) of the decoder's L-1 positions."""
+  from vlgen_jax.text.tokenizer import PAD_ID
+  targets = text_ids[:, 1:]
+  return targets, targets != PAD_ID
+
+
+class CaptionTask(TextToImageTask):
+  """Image-token encoder + causal caption decoder trained with next-id loss."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    from vlgen_jax.model import captioner
+    self.model = captioner.Model(self.spec)
+
+  def init(self, rng, batch: dict):
+    variables = self.model.init({"params": rng}, batch["image_tokens"], batch["text_ids"])
+    params = variables["params"]
+    if self.spec.code_embedding == "appearance":
+      from vlgen_jax.model import code_embedding
+      params = code_embedding.set_features(params, self.code_features())
+    return params, {}
+
+  def loss(self, params, model_state, batch: dict, rng, *, train: bool):
+    import jax
+    import jax.numpy as jnp
+    from vlgen_jax.model.captioner import null_image_id
+    from vlgen_jax.tasks.losses import token_cross_entropy
+    text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
+    rngs = {}
+    if train:
+      drop_rng, dropout_rng = jax.random.split(rng)
+      if self.cond_dropout > 0:
+        image_tokens = drop_images(image_tokens, drop_rng, self.cond_dropout,
+                                   null_image_id(self.spec))
+      rngs = {"dropout": dropout_rng}
+    logits = self.model.apply({"params": params}, image_tokens, text_ids, train=train, rngs=rngs)
+    targets, mask = caption_targets(text_ids)
+    loss, metrics = token_cross_entropy(logits, targets, z_loss=self.z_loss, weights=mask)
+    right = (jnp.argmax(logits, axis=-1) == targets) | ~mask
+    metrics["exact_caption_accuracy"] = jnp.mean(jnp.all(right, axis=-1).astype(jnp.float32))
+    return loss, (metrics, model_state)
+
+  def evaluate(self, params, model_state, step: int, writer) -> dict[str, float]:
+    # Caption quality is in the eval loss metrics (exact_caption_accuracy);
+    # the t2i sample evaluation does not apply.
+    return {}
+
+  def flops_per_example(self) -> float:
+    from vlgen_jax.train.accounting import encoder_decoder_flops
+    from vlgen_jax.model.captioner import decode_length
+    s = self.spec
+    return 3.0 * sum(encoder_decoder_flops(s, source=s.num_image_tokens,
+                                           target=decode_length(s),
+                                           out_vocab=s.text_vocab_padded).values())
+
+  def tokens_per_example(self) -> int:
+    from vlgen_jax.model.captioner import decode_length
+    return decode_length(self.spec)
