@@ -35,7 +35,7 @@ def check_pair(generator, scorer) -> None:
   if params_fingerprint(generator.vq.params) != params_fingerprint(scorer.vq.params):
     raise UserError(f"the scorer {scorer.run} reads codes of the VQ {scorer.vq_run}, the t2i run "
                     f"{generator.run} samples codes of another VQ; they must be the same VQ")
-  if generator.tokenizer.fingerprint() != scorer.tokenizer.fingerprint():
+  if generator.tokenizer.fingerprint != scorer.tokenizer.fingerprint:
     raise UserError(f"the scorer {scorer.run} and the t2i run {generator.run} use different "
                     f"caption tokenizers")
   if (scorer.spec.image_grid != generator.spec.image_grid
