@@ -176,8 +176,9 @@ def test_heldout_pairs_only_in_heldout(train_scenes):
 
 @pytest.mark.parametrize("split,n", [("train", N_SCENES), ("heldout", 2000)])
 def test_about_half_the_examples_have_one_object(split, n, train_scenes):
-  scenes = train_scenes if split == "train" else [scenes.sample_scene(split, i) for i in range(n)]
-  counts = collections.Counter(len(s.objects) for s in scenes)
+  examples = (train_scenes if split == "train"
+              else [scenes.sample_scene(split, i) for i in range(n)])
+  counts = collections.Counter(len(s.objects) for s in examples)
   assert set(counts) == {1, 2}
   assert abs(counts[1] / n - 0.5) < 0.03  # 3 sigma ~ 0.027 at n=3000
 

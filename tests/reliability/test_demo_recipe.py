@@ -24,9 +24,9 @@ def test_an_edited_recipe_is_one_line_and_changes_nothing(tmp_path, capsys, demo
                    "--config.sample.num_per_prompt=3", "--config.eval.num=4"]) == 2
   captured = capsys.readouterr()
   assert captured.err == (
-      f"error: the demo recipe changed since {workdir} was run: stage(s) sample, eval would now "
-      "run differently and their results are from the old recipe; use a new --workdir, or "
-      "rerun with --redo sample,eval\n")
+      f"error: the demo recipe changed since {workdir} was run: stage(s) sample, eval, "
+      "eval_rerank would now run differently and their results are from the old recipe; use a "
+      "new --workdir, or rerun with --redo sample,eval,eval_rerank\n")
   assert "[demo]" not in captured.out
   assert (workdir / "demo.json").read_bytes() == state
 

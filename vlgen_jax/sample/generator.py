@@ -172,7 +172,10 @@ class Generator:
     memory limit where the backend reports one, else 2 GiB in all)."""
     dp = self.data_parallel_size
     if budget_bytes is None:
-      stats = self.mesh.devices.flat[0].memory_stats() or {}
+      import jax
+      # One of this process's devices: others' stats are not readable.
+      local = next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+      stats = local.memory_stats() or {}
       # A batch is spread over the data-parallel devices (CPU: one host's RAM).
       budget_bytes = stats["bytes_limit"] // 2 * dp if "bytes_limit" in stats else 2 << 30
     return max(dp, budget_bytes // self.example_bytes() // dp * dp)
