@@ -115,7 +115,7 @@ def test_masked_one_token_per_step_matches_step_by_step_reference():
   tokens = np.full((3, n), spec.mask_id, np.int32)
   for _ in range(n):
     log_p = jax.nn.log_softmax(task.model.apply(v, text, tokens), axis=-1)
-    best = np.asarray(jnp.max(log_p, axis=-1))
+    best = np.array(jnp.max(log_p, axis=-1))  # writable copy
     arg = np.asarray(jnp.argmax(log_p, axis=-1))
     best[tokens != spec.mask_id] = -np.inf
     pos = best.argmax(axis=1)
