@@ -172,6 +172,8 @@ class TextToImageTask(Task):
   def loss(self, params, model_state, batch: dict, rng, *, train: bool):
     import jax
     text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
+    if rng is None:  # an eval without a key: fixed (the masked family still draws its masks)
+      rng = jax.random.key(0)
     cond_rng, model_rng = jax.random.split(rng)
     if train and self.cond_dropout > 0:
       text_ids = drop_captions(text_ids, cond_rng, self.cond_dropout, self.empty_caption)
