@@ -74,6 +74,9 @@ def _dataset_captions(args, counter: _Counter) -> Iterator[str]:
   from vlgen_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   cfg = pipeline.default_data_config()
   if args.dataset:
+    if args.dataset.split("/")[0] in pipeline.LOCAL_TFDS_BUILDERS and not args.data_dir:
+      raise UserError(f"--dataset {args.dataset} is built on first use and needs --data-dir "
+                      "(where to build it)")
     cfg.source = "tfds"
     cfg.name, cfg.data_dir, cfg.image_key, cfg.caption_key = (
         args.dataset, args.data_dir, "", args.caption_key)
