@@ -2,7 +2,7 @@
 (benchmarks/objects_data.py), then the held-out (object, color) pairs.
 
     python benchmarks/own_data_quality.py --workdir W [--data DIR] [--resolution 64]
-        [--budget quick] [--vq-steps N] [--t2i-steps N]
+        [--budget quick] [--vq-steps N] [--t2i-steps N] [--seed S]
 
 Makes the dataset in DIR if it is missing (4000 / 400 / 200 images), runs
 the demo with the recipe it derives (--vq-steps / --t2i-steps shorten its
@@ -37,6 +37,9 @@ def main() -> None:
   p.add_argument("--vq-steps", type=int, default=0, help="shorten the recipe's VQ schedule")
   p.add_argument("--t2i-steps", type=int, default=0, help="shorten the recipe's t2i schedule")
   p.add_argument("--num", type=int, default=200, help="captions per evaluation")
+  p.add_argument("--seed", type=int, default=0,
+                 help="training seed of the VQ and t2i runs (the spread over seeds is the "
+                      "number to report)")
   a = p.parse_args()
   from vlgen_jax import cli, recipe  # pylint: disable=g-import-not-at-top
 
@@ -47,15 +50,18 @@ def main() -> None:
                    check=True)
   c = recipe.build(data, resolution=a.resolution, budget=a.budget)
   args = ["demo", "--workdir", workdir, "--data", data, "--resolution", str(a.resolution),
-          "--budget", a.budget, f"--config.eval.num={a.num}"]
+          "--budget", a.budget, f"--config.eval.num={a.num}", f"--config.seed={a.seed}"]
+  vq_changes, t2i_changes = {}, {}
+  if a.seed:
+    vq_changes["seed"] = t2i_changes["seed"] = a.seed
   if a.vq_steps:
-    vq = _override(c.vq.overrides, {"total_steps": a.vq_steps,
-                                    "checkpoint_every": max(1, a.vq_steps // 3)})
-    args.append(f"--config.vq.overrides={vq!r}")
+    vq_changes.update(total_steps=a.vq_steps, checkpoint_every=max(1, a.vq_steps // 3))
   if a.t2i_steps:
-    t2i = _override(c.t2i.overrides, {"total_steps": a.t2i_steps,
-                                      "checkpoint_every": max(1, a.t2i_steps // 4)})
-    args.append(f"--config.t2i.overrides={t2i!r}")
+    t2i_changes.update(total_steps=a.t2i_steps, checkpoint_every=max(1, a.t2i_steps // 4))
+  if vq_changes:
+    args.append(f"--config.vq.overrides={_override(c.vq.overrides, vq_changes)!r}")
+  if t2i_changes:
+    args.append(f"--config.t2i.overrides={_override(c.t2i.overrides, t2i_changes)!r}")
   if cli.main(args):
     sys.exit(1)
   state = json.load(open(os.path.join(workdir, "demo.json")))
@@ -82,6 +88,7 @@ def main() -> None:
     print(f"retrieval {name}: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} "
           f"(n {r['n']}, R {r['R']}, chance top-1 {1 / r['R']:.3f})")
   print(json.dumps({"budget": a.budget, "resolution": a.resolution, "schedule": schedule,
+                    "seed": a.seed,
                     "recipe": c.recipe.to_dict(), "stage_seconds": stages,
                     "retrieval_validation": val, "retrieval_heldout": held}))
 

@@ -1,4 +1,5 @@
-"""Test setup: 8 forced CPU devices (set before jax is imported), TF off GPUs."""
+"""Test setup: 8 forced CPU devices (set before jax is imported), TF off GPUs,
+a compilation cache shared by the session."""
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -6,6 +7,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One persistent compilation cache for the session, inherited by the
+# subprocesses the CLI tests start: the same tiny programs (VQ and t2i train
+# steps, samplers) are compiled by many tests, and compiling is most of what
+# a tiny test costs on a CPU. Set JAX_COMPILATION_CACHE_DIR to keep one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit  # noqa: E402
+  import shutil  # noqa: E402
+  import tempfile  # noqa: E402
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlgen-test-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib  # noqa: E402
 

@@ -55,3 +55,19 @@ def test_cli_help_lists_commands(capsys):
     cli.main(["--help"])
   assert e.value.code == 0
   assert "vlgen" in capsys.readouterr().out
+
+
+def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
+  """`checkpoint.load_config` fills fields added since a run was saved from
+  its task's defaults, and keeps every field the run has."""
+  import json
+  from vlgen_jax.train import checkpoint
+  config = load_config("configs/t2i_tiny.py", ())
+  saved = json.loads(config.to_json())
+  del saved["evaluators"], saved["model"]["family"], saved["sample"]["decoding"]
+  saved["sample"]["temperature"] = 0.25
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = checkpoint.load_config(str(tmp_path))
+  assert loaded.evaluators == () and loaded.model.family == "encdec"
+  assert loaded.sample.decoding == "ar"
+  assert loaded.sample.temperature == 0.25 and loaded.model.d_model == 64

@@ -78,27 +78,16 @@ def run_train(workdir, overrides, env, timeout: float = 300) -> subprocess.Compl
 
 
 @pytest.fixture(scope="session")
-def compile_cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_compile_cache")
+def compile_cache_dir():
+  """The session's persistent compilation cache (tests/conftest.py)."""
+  return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(scope="module")
 def in_process_compile_cache(compile_cache_dir):
-  """The persistent compilation cache for in-process runs of one module
-  (restored afterwards so other tests see the default)."""
-  import jax
-  from jax._src import compilation_cache
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: jax.config.values[n] for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.reset_cache()
-  yield compile_cache_dir
-  for n, v in old.items():
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()
+  """Kept for the modules that ask for it: the session's cache is on for
+  every test (tests/conftest.py)."""
+  return compile_cache_dir
 
 
 def demo_t2i_args(demo, workdir, *extra) -> list[str]:

@@ -190,19 +190,15 @@ def _trap(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def test_prompt_lines_are_captions_not_commands_or_paths(tmp_path):
-  from vlgen_jax.sample.cli import read_prompts
+  from vlgen_jax.sample.streaming import prompt_source
   script, marker = _trap(tmp_path)
   lines = [str(script), f"$({script})", f"`{script}`", f"a red circle; {script}",
            f"__import__('os').system('touch {marker}')", "../../etc/passwd",
            "file:///etc/passwd"]
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("\n".join(lines) + "\n")
-
-  class Args:
-    pass
-  args = Args()
-  args.prompts, args.prompt = str(prompts), None
-  assert read_prompts(args) == lines
+  source = prompt_source(str(prompts), None)
+  assert source.count == len(lines) and list(source.open()) == lines
   assert not marker.exists()
 
 

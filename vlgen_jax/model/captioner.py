@@ -33,8 +33,8 @@ import jax.numpy as jnp
 
 from vlgen_jax.model import layers
 from vlgen_jax.model.code_embedding import AppearanceCodes
-from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, cross_kv_cache,
-                                           decode_layers, decoder_stack)
+from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, apply_layers,
+                                           cross_kv_cache, decoder_stack)
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 from vlgen_jax.model.text_encoder import EncoderLayer
@@ -115,13 +115,9 @@ class TextDecoder(nn.Module):
                            name="position_embed")(positions)[None]
     x = nn.Dropout(s.dropout)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
-    if mode == "train":
-      x, _ = stack(x, encoded, image_mask, positions)
-      new_cache = None
-    else:
-      x, self_k, self_v = decode_layers(self, x, cache, cache["image_mask"], positions, position,
-                                        rope=rope)
-      new_cache = dict(cache, self_k=self_k, self_v=self_v)
+    x, new_cache = apply_layers(self, stack, x, positions, mode=mode, encoded=encoded,
+                                context_mask=image_mask, cache=cache, position=position,
+                                mask_key="image_mask", rope=rope)
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
     logits = layers.DenseGeneral((s.text_vocab_padded,), ("embed", "vocab"), dtype=self.dtype,
                                  out_dtype=jnp.float32, name="logits")(x)

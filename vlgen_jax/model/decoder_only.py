@@ -11,7 +11,8 @@ shared blocks (Attention, MLP, Norm, layer_stack) without cross-attention.
 Decode API (the same as vlgen_jax/model/t2i.py, so the AR sampler serves both):
   cache = model.apply(v, text_ids, method="prefill")     # caption K/V, once
   logits, cache = model.apply(v, token, position, cache, method="decode_step")
-`position` is the image input index (BOS at 0); the cache holds L + N slots.
+`position` is the image input index (BOS at 0); the cache holds L + N slots
+per layer in the (B, heads, S, kv) layout.
 Classifier-free guidance runs the empty caption as the prefix.
 """
 from __future__ import annotations
@@ -19,11 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.attention import Attention, to_cache_layout
+from vlgen_jax.model.attention import Attention, write_cache
 from vlgen_jax.model.code_embedding import AppearanceCodes
 from vlgen_jax.model.image_decoder import MASKED_LOGIT
 from vlgen_jax.model.spec import ModelSpec
@@ -63,15 +63,10 @@ class PrefixLayer(nn.Module):
       h = attn_norm(x)
       q = attn.queries(h)
       k, v = attn.keys_values(h)
-      k_cache = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                                    index, axis=1)
-      v_cache = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                    index, axis=1)
-      valid = key_mask & (jnp.arange(k_cache.shape[1]) <= index)[None]
-      # This family keeps the scanned (B, S, heads, kv) cache; attend_cached
-      # reads (B, heads, S, kv) (the encdec decoder's in-place layout).
-      x = x + attn.attend_cached(q, to_cache_layout(k_cache), to_cache_layout(v_cache),
-                                 valid[:, None, None, :])
+      k_cache = write_cache(cache["k"], k, index)
+      v_cache = write_cache(cache["v"], v, index)
+      valid = key_mask & (jnp.arange(k_cache.shape[2]) <= index)[None]
+      x = x + attn.attend_cached(q, k_cache, v_cache, valid[:, None, None, :])
       x = x + mlp(mlp_norm(x))
       return x, {"k": k_cache, "v": v_cache}
 
@@ -136,8 +131,11 @@ class PrefixDecoder(nn.Module):
     if mode == "prefill":
       x, text_mask = embed_text()
       _, (k, v) = stack(layers.constrain(x, layers.BATCH_LENGTH_EMBED), text_mask)
+      # Per layer, the (B, heads, S, kv) cache layout of the encdec decoder,
+      # so decode steps write and read it in place.
+      k, v = (jnp.swapaxes(a, 2, 3) for a in (k, v))
       batch = text_ids.shape[0]
-      pad = [(0, 0), (0, 0), (0, s.num_image_tokens), (0, 0), (0, 0)]
+      pad = [(0, 0), (0, 0), (0, 0), (0, s.num_image_tokens), (0, 0)]
       key_mask = jnp.concatenate([text_mask, jnp.ones((batch, s.num_image_tokens), bool)], 1)
       return {"self_k": jnp.pad(k, pad), "self_v": jnp.pad(v, pad), "key_mask": key_mask}
 

@@ -140,6 +140,21 @@ def decode_layers(module: nn.Module, x, cache, context_mask, positions, start, *
   return x, tuple(self_k), tuple(self_v)
 
 
+def apply_layers(module: nn.Module, stack, x, positions, *, mode: str, encoded, context_mask,
+                 cache, position, mask_key: str, rope: str | None):
+  """The decoder layers of a decoder module in either mode: "train" scans
+  `stack` over the whole sequence (context: `encoded`, `context_mask`);
+  "decode" runs `decode_layers` on the window, reading the context from
+  `cache` (its mask under `mask_key`) and writing the window's K/V into it.
+  Returns (x, the updated cache, or None in training)."""
+  if mode == "train":
+    x, _ = stack(x, encoded, context_mask, positions)
+    return x, None
+  x, self_k, self_v = decode_layers(module, x, cache, cache[mask_key], positions, position,
+                                    rope=rope)
+  return x, dict(cache, self_k=self_k, self_v=self_v)
+
+
 class ImageDecoder(nn.Module):
   spec: ModelSpec
   dtype: Any = jnp.float32
@@ -181,13 +196,9 @@ class ImageDecoder(nn.Module):
     x = nn.Dropout(s.dropout)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
 
-    if mode == "train":
-      x, _ = stack(x, encoded, text_mask, positions)
-      new_cache = None
-    else:
-      x, self_k, self_v = decode_layers(self, x, cache, cache["text_mask"], positions, position,
-                                        rope=rope)
-      new_cache = dict(cache, self_k=self_k, self_v=self_v)
+    x, new_cache = apply_layers(self, stack, x, positions, mode=mode, encoded=encoded,
+                                context_mask=text_mask, cache=cache, position=position,
+                                mask_key="text_mask", rope=rope)
 
     x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
     if codes is not None:

@@ -1,9 +1,12 @@
-"""`vlgen sample`: captions -> PNG files, captions.tsv and a grid, from a trained run."""
+"""`vlgen sample`: captions -> PNG files, captions.tsv and a grid, from a trained run.
+
+Parses and calls vlgen_jax/sample/streaming.py (library imports are inside
+`run` so that `vlgen --help` does not import jax; see vlgen_jax/cli.py)."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
+import signal
 import sys
 
 from vlgen_jax.errors import UserError
@@ -87,63 +90,22 @@ def sampling_overrides(args) -> dict:
               decoding=args.decoding, draft_len=args.draft_len)
 
 
-def read_prompts(args) -> list[str]:
-  from vlgen_jax.sample.outputs import read_prompts_file
-  return read_prompts_file(args.prompts) if args.prompts is not None else list(args.prompt)
-
-
-def _prompt_source(args):
-  """(number of prompts, a function returning a fresh iterator over them):
-  a --prompts file is read line by line, never held in memory."""
-  if args.prompts is None:
-    prompts = list(args.prompt)
-    return len(prompts), lambda: iter(prompts)
-  if not os.path.isfile(args.prompts):
-    raise UserError(f"prompts file not found: {args.prompts}")
-  count = 0
-  with open(args.prompts, encoding="utf-8", errors="replace") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        count = n  # trailing blank lines are not prompts
-  if not count:
-    raise UserError(f"prompts file is empty: {args.prompts}")
-
-  def lines():
-    with open(args.prompts, encoding="utf-8", errors="replace") as f:
-      # Plain text, one caption per line; nothing in it is interpreted.
-      for line in itertools.islice(f, count):
-        yield line.rstrip("\r\n")
-  return count, lines
-
-
 def run(args) -> int:
-  """Samples into `<outdir>.partial` under the outdir's lock, writing each
-  batch as it finishes; SIGTERM/SIGINT stop after the current batch (exit
-  143/130) and a rerun with the same options resumes there, to the same
-  images. The folder appears (or replaces the old one, --overwrite) only
-  when complete. Memory holds one batch: prompts are streamed and the batch
-  is capped by an estimate of what fits on the devices."""
-  import contextlib
-  import signal
-  import time
-  from tqdm import tqdm
-  from vlgen_jax import locks, partial
+  from vlgen_jax import partial
   from vlgen_jax.runs import t2i_config
+  from vlgen_jax.sample import rerank, streaming
   from vlgen_jax.sample.generator import Generator
-  from vlgen_jax.sample.outputs import SampleWriter
   from vlgen_jax.sample.sampler import SamplingOptions
-  from vlgen_jax.train.preemption import StopSignals
+  from vlgen_jax.train import mesh as mesh_lib
 
   if args.num_per_prompt < 1:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  from vlgen_jax.sample import rerank
   rerank.check_arguments(args.scorer, args.candidates)
   partial.check_output(args.outdir, args.overwrite, "--outdir")
-  num_prompts, prompts = _prompt_source(args)
-  total = num_prompts * args.num_per_prompt
-  from vlgen_jax.train import mesh as mesh_lib
+  source = streaming.prompt_source(args.prompts, args.prompt)
+  total = source.count * args.num_per_prompt
   mesh_lib.maybe_initialize_distributed()  # several processes: before touching devices
   # Validated before anything is loaded.
   options = SamplingOptions.from_config(t2i_config(args.workdir), **sampling_overrides(args))
@@ -157,82 +119,31 @@ def run(args) -> int:
   if batch_size < min(args.batch_size, total) and main_process:
     print(f"note: --batch-size {args.batch_size} capped at {batch_size} (about "
           f"{gen.example_bytes() * batch_size / 2**30:.1f} GiB of device memory)", file=sys.stderr)
-  outdir = os.path.normpath(args.outdir)
-  # What must match for a rerun to resume an interrupted one.
-  resume_key = {"run": os.path.abspath(gen.run), "step": gen.step,
-                "prompts": os.path.abspath(args.prompts) if args.prompts else list(args.prompt),
-                "num_prompts": num_prompts, "num_per_prompt": args.num_per_prompt,
-                "seed": args.seed, "sampling": repr(options),
-                "scorer": args.scorer and os.path.abspath(args.scorer),
-                "candidates": args.candidates,
-                "vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)}
-  batches = [0]
-  with locks.output_lock(outdir) if main_process else contextlib.nullcontext():
-    partial.check_output(outdir, args.overwrite, "--outdir")  # again, under the lock
-    writer = SampleWriter(outdir, resume_key) if main_process else None
-    done = _agree_on_done(writer.done if writer else 0)
-    if done and main_process:
-      print(f"resuming {writer.path}: {done} of {total} images done", file=sys.stderr)
-    # (prompt, first time it is sampled) for image i = done, done + 1, ...
-    items = itertools.islice(
-        ((p, r == 0) for p in prompts() for r in range(args.num_per_prompt)), done, None)
-    truncated, resumed = 0, done
-    start = time.perf_counter()
-    try:
-      with StopSignals() as signals, tqdm(total=total, initial=done, desc="sample", unit="img",
-                                          disable=not main_process) as bar:
-        while True:
-          chunk = list(itertools.islice(items, batch_size))
-          if not chunk:
-            break
-          batches[0] += 1
-          if batches[0] == args.debug_sigterm_after_batches + 1 and batches[0] > 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-          if signals.agree():
-            break
-          texts = [p for p, _ in chunk]
-          before = gen.tokenizer.num_truncated
-          gen.tokenizer.encode_batch([p for p, first in chunk if first], gen.spec.text_length)
-          truncated += gen.tokenizer.num_truncated - before
-          images, _, _ = rerank.generate(gen, scorer, texts, options,
-                                         candidates=args.candidates, seed=args.seed,
-                                         batch_size=batch_size * args.candidates,
-                                         first_index=done)
-          if writer:
-            writer.write(images, texts)
-          done += len(chunk)
-          bar.update(len(chunk))
-    finally:
-      if writer:
-        writer.close()
-    seconds = time.perf_counter() - start
-    if truncated and main_process:
-      print(f"warning: {truncated} prompt(s) longer than {gen.spec.text_length} text tokens were "
-            f"truncated", file=sys.stderr)
-    if signals.requested:
-      if main_process:
-        print(f"stopped by {signal.Signals(signals.received).name}: {done} of {total} images in "
-              f"{writer.path}; rerun the same command to resume", file=sys.stderr)
-      if signals.received == signal.SIGINT:
-        raise KeyboardInterrupt
-      return partial.STOPPED
+  result = streaming.sample_to_folder(
+      gen, source, args.outdir, options, num_per_prompt=args.num_per_prompt,
+      batch_size=batch_size, seed=args.seed, overwrite=args.overwrite, scorer=scorer,
+      candidates=args.candidates,
+      resume_options={"vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)},
+      info={"run": os.path.abspath(gen.run), "step": gen.step,
+            "evaluators": list(gen.config.evaluators)},
+      sigterm_after_batches=args.debug_sigterm_after_batches)
+  if result.truncated and main_process:
+    print(f"warning: {result.truncated} prompt(s) longer than {gen.spec.text_length} text "
+          f"tokens were truncated", file=sys.stderr)
+  if result.stopped_by is not None:
     if main_process:
-      grid = writer.finish({"run": os.path.abspath(gen.run), "step": gen.step,
-                            "evaluators": list(gen.config.evaluators)})
-      mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
-              else "ar decoding")
-      kept = f" (each the best of {args.candidates} by {args.scorer})" if scorer else ""
-      print(f"wrote {total} images{kept} to {outdir} (grid: {grid}); "
-            f"{(done - resumed) / max(seconds, 1e-9):.2f} images/s ({mode}, {gen.spec.dtype}"
-            f"{', int8 weights' if args.quantize == 'int8' else ''})")
+      print(f"stopped by {signal.Signals(result.stopped_by).name}: {result.done} of "
+            f"{result.total} images in {result.path}; rerun the same command to resume",
+            file=sys.stderr)
+    if result.stopped_by == signal.SIGINT:
+      raise KeyboardInterrupt
+    return partial.STOPPED
+  if main_process:
+    mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
+            else "ar decoding")
+    kept = f" (each the best of {args.candidates} by {args.scorer})" if scorer else ""
+    rate = (result.done - result.resumed) / max(result.seconds, 1e-9)
+    print(f"wrote {result.total} images{kept} to {result.path} (grid: {result.grid}); "
+          f"{rate:.2f} images/s ({mode}, {gen.spec.dtype}"
+          f"{', int8 weights' if args.quantize == 'int8' else ''})")
   return 0
-
-
-def _agree_on_done(done: int) -> int:
-  """Process 0's count of images already written, on every process."""
-  import jax
-  if jax.process_count() == 1:
-    return done
-  from jax.experimental import multihost_utils
-  import numpy as np
-  return int(multihost_utils.broadcast_one_to_all(np.asarray(done, np.int64)))

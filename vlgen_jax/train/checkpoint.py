@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vlgen_jax import tasks
 from vlgen_jax.errors import UserError
 from vlgen_jax.train.optimizer import path_name
 from vlgen_jax.train.step import TrainState
@@ -412,16 +413,19 @@ def record_config(workdir, config: ml_collections.ConfigDict, start_step: int) -
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The config of a run: `export/config.json`, else `config.json` (a
-  damaged one is skipped with a warning)."""
+  damaged one is skipped with a warning), with fields added since the run
+  was saved filled in from its task's defaults."""
   root = workdir_path(workdir)
   problems = []
   for path in (root / EXPORT / "config.json", root / "config.json"):
     if path.exists():
       try:
-        return ml_collections.ConfigDict(json.loads(path.read_bytes().decode("utf-8")))
+        config = ml_collections.ConfigDict(json.loads(path.read_bytes().decode("utf-8")))
       except (ValueError, TypeError) as e:  # incl. UnicodeDecodeError
         problems.append(f"{path}: {_describe(e, 120)}")
         warn(f"{path} is unusable ({_describe(e, 120)}); trying the next config")
+      else:
+        return tasks.complete_config(config)
   if problems:
     raise UserError(f"no usable config.json in {workdir} ({'; '.join(problems)})")
   raise UserError(f"no config.json in {workdir} (not a vlgen train workdir?)")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import ml_collections
 
+# The device mesh's axes, in order: data parallel, fully sharded data
+# parallel, tensor parallel (this module imports no jax, so `vlgen --help`
+# and `vlgen model-info` can name them without loading it).
+MESH_AXES = ("data", "fsdp", "tensor")
+
 # Logical axis name -> mesh axes (MaxText style). None = replicated.
 DEFAULT_LOGICAL_AXIS_RULES = (
     # activations

@@ -26,8 +26,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 
 from vlgen_jax.errors import UserError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from vlgen_jax.train.defaults import MESH_AXES
 
 ENV_COORDINATOR = "VLGEN_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "VLGEN_NUM_PROCESSES"

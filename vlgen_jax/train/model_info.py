@@ -12,10 +12,9 @@ import math
 from typing import Any, Mapping
 
 from vlgen_jax.errors import UserError
+from vlgen_jax.train.defaults import MESH_AXES
 
 HELP = "Parameter counts, training FLOPs and per-device param/optimizer memory of a t2i config."
-
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +49,7 @@ def resolve_mesh(sizes: Mapping[str, int], devices: int | None) -> dict[str, int
   shape = mesh_lib.resolve_axes(sizes, devices, "--mesh")
   if math.prod(shape) != devices:
     raise UserError(f"mesh {dict(sizes)} has {math.prod(shape)} devices, not --devices={devices}")
-  return dict(zip(mesh_lib.MESH_AXES, shape))
+  return dict(zip(MESH_AXES, shape))
 
 
 def _shard_bytes(abstract, sharding, mesh_sizes: Mapping[str, int]) -> tuple[int, bool]:
