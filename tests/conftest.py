@@ -1,5 +1,5 @@
 """Test setup: 8 forced CPU devices (set before jax is imported), TF off GPUs,
-a compilation cache shared by the session, XLA optimizations off."""
+a compilation cache per test process, XLA optimizations off."""
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -7,11 +7,15 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One persistent compilation cache for the session, inherited by the
-# subprocesses the CLI tests start: the same tiny programs (VQ and t2i train
-# steps, samplers) are compiled by many tests, and compiling is most of what
-# a tiny test costs on a CPU. Set JAX_COMPILATION_CACHE_DIR to keep one.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+# A persistent compilation cache per test process (per xdist worker: jax
+# writes entries non-atomically, so processes running at once never share
+# one), inherited by the subprocesses its CLI tests start: the same tiny
+# programs (VQ and t2i train steps, samplers) are compiled by many tests, and
+# compiling is most of what a tiny test costs on a CPU.
+# VLGEN_TEST_COMPILATION_CACHE=DIR keeps one across sessions instead.
+if os.environ.get("VLGEN_TEST_COMPILATION_CACHE"):
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["VLGEN_TEST_COMPILATION_CACHE"]
+else:
   import atexit  # noqa: E402
   import shutil  # noqa: E402
   import tempfile  # noqa: E402
