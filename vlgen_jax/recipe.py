@@ -17,11 +17,11 @@ What follows (docs/own_data.md, "Picking a recipe"):
   codes           quick: 512 for flat data (detail_db >= 28), 1024 otherwise;
                   full: 4096 at <= 64 px, the LlamaGen 16384 above; never
                   more than one code per 16 train tokens (min 16).
-  VQ width/steps  detailed data: 256 channels (flat: 192); residual blocks: 2
-                  for detailed data on the full budget, else 1 (at 256 x 2 a
-                  quick 64 px VQ took 0.77 s/step on a 2-core CPU shared
-                  with the test suite: its 2000 steps alone would use up
-                  the quick budget). Steps: ~10
+  VQ width/steps  quick: 192 channels, 1 residual block: the shapes quick
+                  start's VQ (the same step time), so a quick run costs what
+                  the shapes quick start does on the same machine (at 256 x 1
+                  a 64 px step took 1.6x as long, at 256 x 2 about 2.7x).
+                  full: 256 x 2 for detailed data, 192 x 1 for flat. Steps: ~10
                   epochs at batch 16 within [500, 2000] (quick), [2000,
                   20000] (full).
   t2i             width from the image count (128 below 20k train images,
@@ -115,8 +115,8 @@ def build(data_dir: str, *, resolution: int = 64, budget: str = "quick",
       num_codes = 4096 if resolution <= 64 else 16384
     num_codes = max(16, min(num_codes, _pow2_at_most(train_tokens / 16)))
     lo, hi = (500, 2000) if budget == "quick" else (2000, 20000)
-    vq = dict(ch=192 if flat else 256,
-              num_res_blocks=2 if (budget == "full" and not flat) else 1, z_channels=64,
+    wide = budget == "full" and not flat
+    vq = dict(ch=256 if wide else 192, num_res_blocks=2 if wide else 1, z_channels=64,
               steps=int(np.clip(round(10 * n / 16, -2), lo, hi)), batch=16)
     size = 0 if n < 20_000 else 1 if n < 200_000 else 2
     if budget == "full":
