@@ -20,7 +20,7 @@ What follows (docs/own_data.md, "Picking a recipe"):
   VQ width/steps  quick: 192 channels, 1 residual block: the shapes quick
                   start's VQ (the same step time), so a quick run costs what
                   the shapes quick start does on the same machine (at 256 x 1
-                  a 64 px step took 1.6x as long, at 256 x 2 about 2.7x).
+                  a 64 px step took 1.6x as long).
                   full: 256 x 2 for detailed data, 192 x 1 for flat. Steps: ~10
                   epochs at batch 16 within [500, 2000] (quick), [2000,
                   20000] (full).
