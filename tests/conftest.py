@@ -63,13 +63,24 @@ def shapes_data_dir(tmp_path_factory) -> pathlib.Path:
 def demo_tiny_dir(tmp_path_factory):
   """A finished `vlgen demo` workdir of the tiny recipe (configs/demo_tiny.py):
   32 px shapes (64 train images), tokenizer, 16-code VQ, token dataset, t2i
-  run on 4x4 tokens, samples and eval. Nothing is trained to quality."""
+  run on 4x4 tokens, samples and eval. Nothing is trained to quality.
+
+  Built once per test run: under pytest-xdist the workers share it (the
+  first one to ask builds it under a file lock; the others then find every
+  stage done). Treat it as read-only."""
+  import fcntl
   from vlgen_jax import cli
-  workdir = tmp_path_factory.mktemp("demo_tiny")
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's base temp, above each worker's own
+  workdir = root / "demo_tiny"
   cwd = os.getcwd()
-  os.chdir(REPO_ROOT)
-  try:
-    assert cli.main(["demo", "--workdir", str(workdir), "--config", "configs/demo_tiny.py"]) == 0
-  finally:
-    os.chdir(cwd)
+  with open(root / "demo_tiny.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.chdir(REPO_ROOT)
+    try:
+      assert cli.main(["demo", "--workdir", str(workdir), "--config",
+                       "configs/demo_tiny.py"]) == 0
+    finally:
+      os.chdir(cwd)
   return workdir
