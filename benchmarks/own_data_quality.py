@@ -68,8 +68,11 @@ def main() -> None:
   if not all(s in state["stages"] for s in ("t2i", "eval")):
     sys.exit("demo unfinished; re-run to resume")
   start = time.perf_counter()
+  # The run's token dataset again (the same VQ: the same tokens), now with
+  # heldout/ as well, so `vlgen eval --split heldout` finds it.
   rc = cli.main(["encode", "--workdir", os.path.join(workdir, "vq"),
-                 "--output", os.path.join(workdir, "tokens"), "--splits", "heldout"])
+                 "--output", os.path.join(workdir, "tokens"), "--overwrite",
+                 "--splits", "train,validation,heldout"])
   rc = rc or cli.main(["eval", "--workdir", os.path.join(workdir, "t2i"), "--split", "heldout",
                        "--num", str(a.num), "--report", os.path.join(workdir, "eval_heldout")])
   if rc:
