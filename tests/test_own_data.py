@@ -155,3 +155,22 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, messag
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert not work.exists()
+
+
+def test_recipe_vq_size_follows_budget_and_detail(tmp_path):
+  """The quick VQ is the shapes quick start's size whatever the data (so a
+  quick run costs what that does); the full budget widens it for detailed
+  data only."""
+  import numpy as np
+  from vlgen_jax import recipe as recipe_lib
+  detailed = helpers.make_examples(40, px=64, seed=2)  # fine textures
+  flat = [(np.full((64, 64, 3), 40 * (i % 5), np.uint8), f"plain color {i % 5}")
+          for i in range(40)]
+  for name, examples, full_vq in (("detailed", detailed, ("256", "2")),
+                                  ("flat", flat, ("192", "1"))):
+    helpers.write_folder(tmp_path / name / "train", examples)
+    for budget, want in (("quick", ("192", "1")), ("full", full_vq)):
+      c = recipe_lib.build(str(tmp_path / name), resolution=64, budget=budget)
+      vq = dict(o.split("=", 1) for o in c.vq.overrides)
+      assert (vq["model.ch"], vq["model.num_res_blocks"]) == want, (name, budget)
+      assert c.recipe.measured.flat == (name == "flat")
