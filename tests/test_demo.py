@@ -32,12 +32,15 @@ def test_demo_runs_every_stage_and_writes_a_summary(demo_dir):
     assert (demo_dir / path).exists(), path
 
 
-def test_demo_rerun_skips_finished_stages(demo_dir, capsys):
-  before = json.loads((demo_dir / "demo.json").read_text())["stages"]
-  assert cli.main(["demo", "--workdir", str(demo_dir), "--config", "configs/demo_tiny.py"]) == 0
+def test_demo_rerun_skips_finished_stages(demo_dir, tmp_path, capsys):
+  import shutil
+  work = tmp_path / "demo"  # a copy: the shared workdir is read-only (conftest.py)
+  shutil.copytree(demo_dir, work)
+  before = json.loads((work / "demo.json").read_text())["stages"]
+  assert cli.main(["demo", "--workdir", str(work), "--config", "configs/demo_tiny.py"]) == 0
   out = capsys.readouterr().out
   assert all(f"[demo] {s}: done earlier" in out for s in STAGES)
-  assert json.loads((demo_dir / "demo.json").read_text())["stages"] == before
+  assert json.loads((work / "demo.json").read_text())["stages"] == before
 
 
 def test_sample_on_demo_workdir_writes_pngs_tsv_grid(demo_dir, tmp_path, capsys):
