@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer_helpers import (REPO_ROOT, compile_cache_dir, in_process_compile_cache,  # noqa: F401
+from trainer_helpers import (REPO_ROOT, compile_cache_dir,  # noqa: F401
                              read_metrics, subprocess_env, train_losses)
 from vlgen_jax.config import load_config
 from vlgen_jax.train import sharding as shd
@@ -40,7 +40,7 @@ def _leaf(tree, path):
   return tree
 
 
-def test_learns_synthetic_captions(tmp_path, in_process_compile_cache):
+def test_learns_synthetic_captions(tmp_path):
   train(_config("total_steps=100", "eval_every=100", "checkpoint_every=0", "log_every=50"),
         str(tmp_path), devices=jax.devices()[:1])
   evals = [m for m in read_metrics(tmp_path) if "eval/exact_caption_accuracy" in m]
@@ -50,7 +50,7 @@ def test_learns_synthetic_captions(tmp_path, in_process_compile_cache):
   assert evals[-1]["eval/accuracy"] > 0.93, evals[-1]
 
 
-def test_sharded_training_matches_one_device(tmp_path, in_process_compile_cache):
+def test_sharded_training_matches_one_device(tmp_path):
   common = (f"total_steps={STEPS}", "checkpoint_every=0", "eval_every=0", "log_every=1")
   one = train(_config(*common, "mesh.data=1"), str(tmp_path / "one"), devices=jax.devices()[:1])
   mesh = {"data": 2, "fsdp": 2, "tensor": 2}

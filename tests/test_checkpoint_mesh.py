@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from trainer_helpers import (compile_cache_dir, in_process_compile_cache, toy_config,  # noqa: F401
+from trainer_helpers import (toy_config,
                              train_losses)
 from vlgen_jax.errors import UserError
 from vlgen_jax.train import checkpoint as ckpt_lib
@@ -22,7 +22,7 @@ RUN = {"total_steps": 6, "checkpoint_every": 2, "optimizer.schedule": "constant"
 
 
 @pytest.fixture(scope="module")
-def saved_run(tmp_path_factory, in_process_compile_cache):
+def saved_run(tmp_path_factory):
   """6 steps on 8 devices as data=2,fsdp=2,tensor=2, checkpoints at 2, 4, 6."""
   workdir = tmp_path_factory.mktemp("saved")
   state = train(toy_config({**SAVED_MESH, **RUN}), str(workdir))

@@ -57,12 +57,12 @@ def test_cli_help_lists_commands(capsys):
   assert "vlgen" in capsys.readouterr().out
 
 
-def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path):
+def test_a_run_saved_before_a_field_existed_loads_with_its_default(tmp_path, repo_root):
   """`checkpoint.load_config` fills fields added since a run was saved from
   its task's defaults, and keeps every field the run has."""
   import json
   from vlgen_jax.train import checkpoint
-  config = load_config("configs/t2i_tiny.py", ())
+  config = load_config(str(repo_root / "configs" / "t2i_tiny.py"), ())
   saved = json.loads(config.to_json())
   del saved["evaluators"], saved["model"]["family"], saved["sample"]["decoding"]
   saved["sample"]["temperature"] = 0.25

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer_helpers import (REPO_ROOT, compile_cache_dir, in_process_compile_cache,  # noqa: F401
+from trainer_helpers import (REPO_ROOT, compile_cache_dir,  # noqa: F401
                              subprocess_env, train_losses)
 from vlgen_jax.config import load_config
 from vlgen_jax.train.checkpoint import load_params
@@ -29,7 +29,7 @@ def _overrides(family, **extra):
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
-def test_sharded_equals_single_device(family, tmp_path, in_process_compile_cache):
+def test_sharded_equals_single_device(family, tmp_path):
   single = train(load_config(TINY, _overrides(family)), str(tmp_path / "one"),
                  devices=jax.devices()[:1])
   mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}

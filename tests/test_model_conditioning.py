@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer_helpers import compile_cache_dir, in_process_compile_cache, read_metrics  # noqa: F401
+from trainer_helpers import read_metrics
 from vlgen_jax.config import load_config
 from vlgen_jax.data.synthetic import SyntheticCaptions
 from vlgen_jax.tasks.t2i import TextToImageTask
@@ -32,12 +32,12 @@ def _run(workdir, cond_dropout: float):
 
 
 @pytest.fixture(scope="module")
-def conditioned(tmp_path_factory, in_process_compile_cache):
+def conditioned(tmp_path_factory):
   return _run(tmp_path_factory.mktemp("t2i_text"), cond_dropout=0.1)  # the default
 
 
 @pytest.fixture(scope="module")
-def text_blind(tmp_path_factory, in_process_compile_cache):
+def text_blind(tmp_path_factory):
   return _run(tmp_path_factory.mktemp("t2i_blind"), cond_dropout=1.0)  # every caption empty
 
 

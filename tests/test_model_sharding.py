@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer_helpers import compile_cache_dir, in_process_compile_cache, train_losses  # noqa: F401
+from trainer_helpers import train_losses
 from vlgen_jax.config import load_config
 from vlgen_jax.train import sharding as shd
 from vlgen_jax.train.trainer import train
@@ -47,7 +47,7 @@ def _leaf(tree, path):
 
 
 @pytest.fixture(scope="module")
-def single_device_run(tmp_path_factory, in_process_compile_cache):
+def single_device_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("t2i_single")
   state = train(_config({"data": 1}), str(workdir), devices=jax.devices()[:1])
   return train_losses(workdir), jax.device_get(state.params)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer_helpers import (TOY, compile_cache_dir, in_process_compile_cache,  # noqa: F401
+from trainer_helpers import (TOY,
                              override_args, read_metrics, toy_config)
 from vlgen_jax import cli
 from vlgen_jax.train import checkpoint as ckpt_lib
@@ -106,7 +106,7 @@ DIVERGE = {"optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
            "optimizer.schedule": "constant", "optimizer.warmup_steps": 0}
 
 
-def test_nan_policy_skip_drops_nonfinite_updates(tmp_path, in_process_compile_cache):
+def test_nan_policy_skip_drops_nonfinite_updates(tmp_path):
   # lr 1e30 blows the params up after step 1; from step 2 on the gradients
   # are NaN and every update is dropped.
   config = toy_config({**DIVERGE, "total_steps": 4, "checkpoint_every": 1, "max_to_keep": 0,
@@ -122,7 +122,7 @@ def test_nan_policy_skip_drops_nonfinite_updates(tmp_path, in_process_compile_ca
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
-def test_nan_policy_halt_stops_with_status_3(tmp_path, capsys, in_process_compile_cache):
+def test_nan_policy_halt_stops_with_status_3(tmp_path, capsys):
   # The same compiled step as the skip test (the policy acts on the host).
   args = override_args({**DIVERGE, "total_steps": 4, "checkpoint_every": 1, "nan_policy": "halt",
                         "mesh.data": 8})

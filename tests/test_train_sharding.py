@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer_helpers import compile_cache_dir, in_process_compile_cache, toy_config, train_losses  # noqa: F401
+from trainer_helpers import toy_config, train_losses
 from vlgen_jax.train import sharding as shd
 from vlgen_jax.train.trainer import train
 
@@ -83,7 +83,7 @@ def test_mesh_matches_single_device_and_rules(name, single_device_run, tmp_path)
   assert state.step.sharding.is_fully_replicated
 
 
-def test_gradient_accumulation_matches_full_batch(tmp_path, in_process_compile_cache):
+def test_gradient_accumulation_matches_full_batch(tmp_path):
   # The accumulated run also rematerialises ("dots"), which must not change
   # the numbers either.
   mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}

@@ -83,13 +83,6 @@ def compile_cache_dir():
   return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
-@pytest.fixture(scope="module")
-def in_process_compile_cache(compile_cache_dir):
-  """Kept for the modules that ask for it: the session's cache is on for
-  every test (tests/conftest.py)."""
-  return compile_cache_dir
-
-
 def demo_t2i_args(demo, workdir, *extra) -> list[str]:
   """`vlgen train` args of the tiny demo's t2i model (configs/demo_tiny.py
   overrides of configs/t2i_shapes.py) on that demo's token dataset."""
