@@ -9,7 +9,8 @@
 # training (configs/toy.py, 20 steps) into ./workdirs/multiprocess_local.
 # Logs: <--workdir>/process_<i>.log, or <--outdir>.logs/process_<i>.log.
 # Environment: VLGEN_PORT (coordinator port, default: a free one),
-#   VLGEN_LOCAL_DEVICES (devices per process), VLGEN_VENV (virtualenv to use).
+#   VLGEN_LOCAL_DEVICES (devices per process), VLGEN_VENV (virtualenv to use);
+#   XLA_FLAGS is kept (its device count is replaced).
 set -euo pipefail
 
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -61,7 +62,7 @@ trap cleanup TERM INT
 
 for ((i = 0; i < num_processes; i++)); do
   JAX_PLATFORMS=cpu \
-  XLA_FLAGS="--xla_force_host_platform_device_count=$devices" \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices" \
   VLGEN_COORDINATOR_ADDRESS="127.0.0.1:$port" \
   VLGEN_NUM_PROCESSES="$num_processes" \
   VLGEN_PROCESS_ID="$i" \

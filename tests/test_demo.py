@@ -124,7 +124,6 @@ def test_two_process_sampling_equals_one_process(demo_dir, tmp_path, repo_root):
   common = ["--workdir", str(demo_dir), "--prompts", str(prompts), "--num-per-prompt", "3",
             "--batch-size", "8", "--top-k", "4", "--seed", "3"]
   env = dict(os.environ, VLGEN_VENV=sys.prefix, VLGEN_SKIP_INSTALL="1")
-  env.pop("XLA_FLAGS", None)
   proc = subprocess.run(["bash", str(repo_root / "launch" / "multiprocess_local.sh"), "2", "sample",
                          *common, "--outdir", str(tmp_path / "two")],
                         env=env, capture_output=True, text=True, timeout=600)

@@ -47,9 +47,9 @@ def _read_metrics(workdir: pathlib.Path) -> list[dict]:
 def _script_env(tmp_path: pathlib.Path) -> dict:
   """Runs the scripts in this interpreter's environment: no venv creation, no pip."""
   env = dict(os.environ)
-  for key in ("XLA_FLAGS", "JAX_PLATFORMS", "VLGEN_COORDINATOR_ADDRESS", "VLGEN_NUM_PROCESSES",
+  for key in ("JAX_PLATFORMS", "VLGEN_COORDINATOR_ADDRESS", "VLGEN_NUM_PROCESSES",
               "VLGEN_PROCESS_ID"):
-    env.pop(key, None)  # The script sets them per process.
+    env.pop(key, None)  # The script sets them per process (and the device count).
   env.update({
       "VLGEN_VENV": sys.prefix, "VLGEN_SKIP_INSTALL": "1", "VLGEN_LOCAL_DEVICES": "4",
       "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",

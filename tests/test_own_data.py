@@ -41,7 +41,7 @@ def tar_demo(tar_data, tmp_path_factory, repo_root):
           "print('MODULES ' + json.dumps(sorted(sys.modules)))\n"
           "sys.exit(rc)\n")
   env = {**os.environ, "PYTHONPATH": str(repo_root), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=1"}
   out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env,
                        capture_output=True, text=True, timeout=1500)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -49,7 +49,8 @@ def train_losses(workdir) -> dict[int, float]:
 def subprocess_env(cache_dir, devices: int = 8, extra: Mapping[str, str] | None = None) -> dict:
   env = dict(os.environ)
   env.update({
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      # The suite's XLA flags with this device count (the last one wins).
+      "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
       "JAX_PLATFORMS": "cpu",
       "CUDA_VISIBLE_DEVICES": "",
       "TF_CPP_MIN_LOG_LEVEL": "2",
