@@ -1,10 +1,11 @@
 """Launch scripts: `bash -n` and shellcheck on every file in launch/, the venv
-helper, and a 2-process x 4-device CPU run through launch/multiprocess_local.sh
-that is stopped by SIGTERM (forwarded to both processes, checkpoint saved),
-resumed to completion, and matches a 1-process 8-device run step for step.
-
-Sampling from the exported params joins this end-to-end run once
-`vlgen sample` exists.
+helper, and a 2-process x 4-device CPU run (`jax.distributed`, coordinator on
+127.0.0.1) through launch/multiprocess_local.sh that is stopped by SIGTERM
+(forwarded to both processes, which agree on the step and checkpoint together,
+each with its data iterator's state), resumed to completion on a mesh whose
+tensor axis spans both processes, and matches a 1-process 8-device run step
+for step. (Two-process sampling and encoding: tests/test_demo.py,
+tests/test_vq_encode.py.)
 """
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ TOY = str(REPO_ROOT / "configs" / "toy.py")
 # stop at logged steps) and checkpointed every 2 steps. A constant learning
 # rate makes steps independent of total_steps, so a run stopped early and
 # resumed with another total_steps is comparable with an uninterrupted run.
+# 8 heads, so that the resume's tensor=8 mesh can split them.
 TOY_OVERRIDES = {
-    "model.num_layers": 1, "log_every": 1, "checkpoint_every": 2, "eval_every": 2,
-    "eval_steps": 1, "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
+    "model.num_layers": 1, "model.num_heads": 8, "model.head_dim": 2, "log_every": 1,
+    "checkpoint_every": 2, "eval_every": 2, "eval_steps": 1,
+    "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
 }
+# The first run splits batch rows by process (data=8); the resume splits
+# every layer over both processes' devices (both feed all rows).
+RESUME_MESH = {"mesh.data": 1, "mesh.tensor": 8}
 
 
 def _args(overrides: dict) -> list[str]:
@@ -167,10 +173,14 @@ def test_multiprocess_local_stop_resume_matches_single_process(tmp_path):
   assert steps[-1] == stopped  # the stop saved the state it reached
   assert not (workdir / "export").exists()  # a stop is not the end of training
   assert "step 1 |" not in logs[1]  # only process 0 writes metrics
+  saved = workdir / "checkpoints" / str(stopped) / "data"
+  assert sorted(p.name for p in saved.glob("process_*.json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
 
-  # 2. Resume with a later total_steps: continues from the saved step to the end.
+  # 2. Resume on another mesh with a later total_steps: continues from the
+  # saved step to the end.
   total = stopped + 3
-  proc = _start(2, workdir, {**TOY_OVERRIDES, "total_steps": total}, env)
+  proc = _start(2, workdir, {**TOY_OVERRIDES, **RESUME_MESH, "total_steps": total}, env)
   out = _finish(proc, timeout=300)
   assert proc.returncode == 0, out + _logs(workdir)
   log0 = (workdir / "process_0.log").read_text(errors="replace")
@@ -197,8 +207,8 @@ def test_multiprocess_local_stop_resume_matches_single_process(tmp_path):
   # The same evals, except none at the step the stop interrupted.
   assert set(two_process_eval) <= set(one_process_eval)
   assert set(one_process_eval) - set(two_process_eval) <= {stopped}
-  # Same data rows and updates; only the all-reduce (gloo across processes vs
-  # in-process) may sum in another order.
+  # Same data rows and updates; only the all-reduce order differs (gloo
+  # across processes vs in-process, another mesh after the resume).
   np.testing.assert_allclose([two_process[s] for s in train_steps],
                              [one_process[s] for s in train_steps], rtol=2e-5)
   np.testing.assert_allclose([two_process_eval[s] for s in sorted(two_process_eval)],
