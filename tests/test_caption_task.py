@@ -3,16 +3,12 @@ under (data=2, fsdp=2, tensor=2) with the losses and params of one device
 (weights split as t2i's are), and a SIGTERM-stopped run resumes bit-identically."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer_helpers import (REPO_ROOT, compile_cache_dir,  # noqa: F401
-                             read_metrics, subprocess_env, train_losses)
+from trainer_helpers import REPO_ROOT, read_metrics, train_losses
 from vlgen_jax.config import load_config
 from vlgen_jax.train import sharding as shd
 from vlgen_jax.train.checkpoint import load_params
@@ -68,26 +64,19 @@ def test_sharded_training_matches_one_device(tmp_path):
     assert leaf.sharding.spec == spec, (path, leaf.sharding.spec)
 
 
-def _run(workdir, env, *overrides):
-  cmd = [sys.executable, "-m", "vlgen_jax.cli", "train", "--config", CONFIG,
-         "--workdir", str(workdir), *[f"--config.{o}" for o in overrides]]
-  proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
-def test_sigterm_then_resume_is_bit_identical(tmp_path, compile_cache_dir):
+def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
   # Dropout and image dropout on, so the per-step RNG must resume exactly;
   # a sharded mesh, so the restored state must land on the right shardings.
+  # In this process: the trainer's SIGTERM stop and resume (a signal to a
+  # separate `vlgen train` process: tests/test_train_resume.py).
   run = ("total_steps=12", "checkpoint_every=5", "eval_every=0", "log_every=1",
          "model.dropout=0.1", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
-  env = subprocess_env(compile_cache_dir)
   straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-  _run(straight, env, *run)
-  first = _run(stopped, env, *run, "debug.sigterm_after_step=7")
-  assert "stopped by SIGTERM at step 7" in first.stderr
-  second = _run(stopped, env, *run)
-  assert "resumed from step 7" in second.stderr
+  train(_config(*run), str(straight))
+  train(_config(*run, "debug.sigterm_after_step=7"), str(stopped))
+  assert "stopped by SIGTERM at step 7" in capsys.readouterr().err
+  train(_config(*run), str(stopped))
+  assert "resumed from step 7" in capsys.readouterr().err
   ref, resumed = train_losses(straight), train_losses(stopped)
   assert sorted(ref) == sorted(resumed) == list(range(1, 13))
   for step in ref:

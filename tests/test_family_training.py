@@ -4,15 +4,11 @@ unsharded, and a run stopped by SIGTERM resumes bit-identically (the masked
 family draws its masks from the step rng, so they must resume too)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-from trainer_helpers import (REPO_ROOT, compile_cache_dir,  # noqa: F401
-                             subprocess_env, train_losses)
+from trainer_helpers import REPO_ROOT, train_losses
 from vlgen_jax.config import load_config
 from vlgen_jax.train.checkpoint import load_params
 from vlgen_jax.train.trainer import train
@@ -43,25 +39,19 @@ def test_sharded_equals_single_device(family, tmp_path):
                jax.device_get(sharded.params), jax.device_get(single.params))
 
 
-def _run(workdir, env, *extra):
-  cmd = [sys.executable, "-m", "vlgen_jax.cli", "train", "--config", TINY, "--workdir",
-         str(workdir), *_overrides("masked", total_steps=8, checkpoint_every=3,
-                                   **{"model.dropout": 0.1, "mesh.data": 2, "mesh.fsdp": 2}),
-         *extra]
-  proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
-def test_masked_resume_is_bit_identical(tmp_path, compile_cache_dir):
-  env = subprocess_env(compile_cache_dir, devices=4)
+def test_masked_resume_is_bit_identical(tmp_path, capsys):
+  # In this process: the trainer's SIGTERM stop and resume (a signal to a
+  # separate `vlgen train` process: tests/test_train_resume.py).
+  devices = jax.devices()[:4]
+  run = _overrides("masked", total_steps=8, checkpoint_every=3,
+                   **{"model.dropout": 0.1, "mesh.data": 2, "mesh.fsdp": 2})
   straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-  _run(straight, env)
-  first = _run(stopped, env, "--config.debug.sigterm_after_step=4")
-  assert "stopped by SIGTERM at step 4" in first.stderr
-  second = _run(stopped, env)
-  assert "resumed from step 4" in second.stderr
+  train(load_config(TINY, run), str(straight), devices=devices)
+  train(load_config(TINY, [*run, "--config.debug.sigterm_after_step=4"]), str(stopped),
+        devices=devices)
+  assert "stopped by SIGTERM at step 4" in capsys.readouterr().err
+  train(load_config(TINY, run), str(stopped), devices=devices)
+  assert "resumed from step 4" in capsys.readouterr().err
   ref, resumed = train_losses(straight), train_losses(stopped)
   assert sorted(ref) == sorted(resumed) == list(range(1, 9))
   for step in ref:

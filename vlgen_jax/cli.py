@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from vlgen_jax import errors
+from vlgen_jax import errors, runtime
 from vlgen_jax.errors import UserError
 from vlgen_jax.config import split_config_overrides
 
@@ -55,6 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  runtime.tune_malloc()  # before jax allocates anything
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, overrides = split_config_overrides(argv)
   command = next((a for a in rest if not a.startswith("-")), None)
