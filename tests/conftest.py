@@ -1,5 +1,5 @@
 """Test setup: 8 forced CPU devices (set before jax is imported), TF off GPUs,
-one compilation cache per test run, XLA optimizations off."""
+a compilation cache per test process, XLA optimizations off."""
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -7,31 +7,21 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One persistent compilation cache per test run, shared by the xdist workers
-# and inherited by the subprocesses the CLI tests start: the same tiny
-# programs (VQ and t2i train steps, samplers) are compiled by many tests, and
-# compiling is most of what a tiny test costs on a CPU. Processes running at
-# once share it safely only with jax's file lock around every read and write,
-# which the size cap turns on (and which needs `filelock`, in the test extra);
-# without filelock each process keeps its own cache.
-# VLGEN_TEST_COMPILATION_CACHE=DIR keeps one across sessions instead.
-import importlib.util  # noqa: E402
-
-_SHARED = importlib.util.find_spec("filelock") is not None
+# A persistent compilation cache per test process (per xdist worker: jax
+# writes entries non-atomically, so processes running at once never share
+# one; its locked mode, which could share one, stats every entry on each
+# write), inherited by the subprocesses its
+# CLI tests start: the same tiny programs (VQ and t2i train steps, samplers)
+# are compiled by many tests, and compiling is most of what a tiny test costs
+# on a CPU. VLGEN_TEST_COMPILATION_CACHE=DIR keeps one across sessions instead.
 if os.environ.get("VLGEN_TEST_COMPILATION_CACHE"):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["VLGEN_TEST_COMPILATION_CACHE"]
-elif _SHARED and os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("VLGEN_TEST_RUN_CACHE"):
-  # Made by the xdist controller (this file's first import in the run).
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["VLGEN_TEST_RUN_CACHE"]
 else:
   import atexit  # noqa: E402
   import shutil  # noqa: E402
   import tempfile  # noqa: E402
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlgen-test-jax-cache-")
-  os.environ["VLGEN_TEST_RUN_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
-if _SHARED:
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA's expensive backend passes buy run time the tiny test programs do not

@@ -5,13 +5,13 @@ most 32 MiB) with fresh anonymous mmaps and unmaps them on free, and trims
 the heap top above its trim threshold. XLA:CPU allocates every step's
 temporaries anew, so a CPU training step re-faults its large activation
 buffers page by page: the quick start spent ~20% of its CPU time in the
-kernel on ~135M minor page faults (issue 18). Serving every block from the
-heap of one arena and never trimming it keeps the pages mapped between steps,
-as tcmalloc or jemalloc would; the process keeps its peak heap until it exits
-(the peak is what a step needs anyway). benchmarks/cpu_allocator.py measures
-step time and page faults with and without it.
-
-VLGEN_MALLOC=default leaves malloc as it is.
+kernel on ~137M minor page faults (issue 18). VLGEN_MALLOC=heap serves every
+block from malloc's heaps and never trims them, so the pages stay mapped
+between steps (the process keeps its peak heap until it exits). It is opt-in:
+on one CPU device the VQ recipe ran 290 vs 348 ms/step with 0.20M vs 1.61M
+minor faults (150 steps, benchmarks/cpu_allocator.py, box shared with an eval),
+but in the test suite's 8-forced-device process a sharded t2i test took 45.8
+vs 33.8 s (one run each), and with one shared arena on top several times longer.
 """
 from __future__ import annotations
 
@@ -22,18 +22,17 @@ import sys
 # mallopt(3) parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 
 ENV_MALLOC = "VLGEN_MALLOC"
 MODES = ("heap", "default")
 
 
 def tune_malloc(environ=None) -> str:
-  """Applies VLGEN_MALLOC (default "heap") and returns the mode in effect:
-  "heap" (no chunk mmaps, no trimming, one arena) or "default" (unchanged,
+  """Applies VLGEN_MALLOC (default "default") and returns the mode in effect:
+  "heap" (no chunk mmaps, no trimming) or "default" (unchanged,
   also where the C library is not glibc)."""
   env = os.environ if environ is None else environ
-  mode = env.get(ENV_MALLOC, "heap") or "heap"
+  mode = env.get(ENV_MALLOC, "default") or "default"
   if mode not in MODES:
     print(f"warning: {ENV_MALLOC}={mode!r} is not one of {', '.join(MODES)}; "
           "leaving malloc as it is", file=sys.stderr)
@@ -45,8 +44,8 @@ def tune_malloc(environ=None) -> str:
   except (OSError, AttributeError):
     return "default"
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  # Arena count first: threads that start later then share the main heap.
-  # mallopt returns 1 on success.
-  ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1 and
-        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+  # Per-thread arenas stay: one shared arena serialised XLA's threads (8
+  # forced CPU devices: a sharded test step took 5x as long). mallopt
+  # returns 1 on success.
+  ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
   return "heap" if ok else "default"
