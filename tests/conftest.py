@@ -10,10 +10,10 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # A persistent compilation cache per test process (per xdist worker: jax
 # writes entries non-atomically, so processes running at once never share
 # one; its locked mode, which could share one, stats every entry on each
-# write), inherited by the subprocesses its
-# CLI tests start: the same tiny programs (VQ and t2i train steps, samplers)
-# are compiled by many tests, and compiling is most of what a tiny test costs
-# on a CPU. VLGEN_TEST_COMPILATION_CACHE=DIR keeps one across sessions instead.
+# write), inherited by the subprocesses its CLI tests start: the same tiny
+# programs (VQ and t2i train steps, samplers) are compiled by many tests, and
+# compiling is most of what a tiny test costs on a CPU.
+# VLGEN_TEST_COMPILATION_CACHE=DIR keeps one across sessions instead.
 if os.environ.get("VLGEN_TEST_COMPILATION_CACHE"):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["VLGEN_TEST_COMPILATION_CACHE"]
 else:

@@ -7,11 +7,9 @@ temporaries anew, so a CPU training step re-faults its large activation
 buffers page by page: the quick start spent ~20% of its CPU time in the
 kernel on ~137M minor page faults (issue 18). VLGEN_MALLOC=heap serves every
 block from malloc's heaps and never trims them, so the pages stay mapped
-between steps (the process keeps its peak heap until it exits). It is opt-in:
-on one CPU device the VQ recipe ran 290 vs 348 ms/step with 0.20M vs 1.61M
-minor faults (150 steps, benchmarks/cpu_allocator.py, box shared with an eval),
-but in the test suite's 8-forced-device process a sharded t2i test took 45.8
-vs 33.8 s (one run each), and with one shared arena on top several times longer.
+between steps (the process keeps its peak heap until it exits). It is
+opt-in: it helped on one CPU device but slowed processes with many XLA
+threads (docs/training.md; benchmarks/cpu_allocator.py measures both).
 """
 from __future__ import annotations
 
