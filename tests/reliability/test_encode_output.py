@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from trainer_helpers import REPO_ROOT, subprocess_env
 from vlgen_jax import cli, locks
 
-BATCH = 4  # demo_tiny: 64 train images (16 batches), 16 validation (4)
-SPLIT_BATCHES = {"train": 16, "validation": 4}
-# Seed 12 stops after batches 12, 5 (in train), 19 (in validation, train
-# done), then 3 and 1 of resumed runs (in validation). Checked below.
+# In this process (8 forced devices; the batch is a multiple of the device
+# count): demo_tiny's 64 train images are 8 batches, its 16 validation ones 2.
+BATCH = 8
+SPLIT_BATCHES = {"train": 8, "validation": 2}
+# Seed 12 stops after batches 6, 3 (in train), 9 (in validation, train
+# done), then 1 and 1 of resumed runs (in validation). Checked below.
 SEED = 12
 TRIALS = 5
 
@@ -33,21 +32,23 @@ def _encode_args(demo, output, *extra):
           "train,validation", "--batch-size", str(BATCH), "--threads", "1", *extra]
 
 
-def _encode(demo, output, env, *extra):
-  return subprocess.run([sys.executable, "-m", "vlgen_jax.cli", *_encode_args(demo, output, *extra)],
-                        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+def _encode(demo, output, capsys, *extra):
+  """`vlgen encode` in this process (the real SIGTERM path: encode signals
+  itself, the handler stops it between batches): (exit code, stdout, stderr)."""
+  capsys.readouterr()
+  rc = cli.main(_encode_args(demo, output, *extra))
+  captured = capsys.readouterr()
+  return rc, captured.out, captured.err
 
 
 def test_interrupted_encodes_keep_the_old_output_and_resume_to_the_same_bytes(
-    tmp_path, compile_cache_dir, demo_tiny_dir):
+    tmp_path, capsys, demo_tiny_dir):
   demo = demo_tiny_dir
-  # One device: batches of 4 (the batch is rounded up to the device count).
-  env = subprocess_env(compile_cache_dir, devices=1)
   out, ref = tmp_path / "tokens", tmp_path / "reference"
-  assert _encode(demo, out, env, "--num-shards", "1").returncode == 0
+  assert _encode(demo, out, capsys, "--num-shards", "1")[0] == 0
   previous = _files(out)
-  done = _encode(demo, ref, env, "--num-shards", "2")
-  assert done.returncode == 0, done.stderr[-3000:]
+  rc, _, err = _encode(demo, ref, capsys, "--num-shards", "2")
+  assert rc == 0, err[-3000:]
   reference = _files(ref)
   assert previous != reference  # so "intact" and "resumed" below are told apart
 
@@ -58,21 +59,22 @@ def test_interrupted_encodes_keep_the_old_output_and_resume_to_the_same_bytes(
     left = sum(n for s, n in SPLIT_BATCHES.items() if s not in finished)
     stop = int(rng.integers(1, left))  # SIGTERM after this many batches of this run
     stops.append((finished[:], stop))
-    proc = _encode(demo, out, env, "--num-shards", "2", "--overwrite",
-                   f"--debug-sigterm-after-batches={stop}")
-    assert proc.returncode == 143, proc.stderr[-3000:]
-    assert "stopped by SIGTERM during split" in proc.stdout and "Traceback" not in proc.stderr
+    rc, stdout, err = _encode(demo, out, capsys, "--num-shards", "2", "--overwrite",
+                              f"--debug-sigterm-after-batches={stop}")
+    assert rc == 143, err[-3000:]
+    assert "stopped by SIGTERM during split" in stdout and "Traceback" not in err
     assert _files(out) == previous  # the old output is intact
     assert (tmp_path / "tokens.partial").is_dir()
     if finished:
-      assert f"resuming {out}.partial: splits done: train" in proc.stdout
+      assert f"resuming {out}.partial: splits done: train" in stdout
     if "train" not in finished and stop >= SPLIT_BATCHES["train"]:
       finished.append("train")
   # The draws cover a stop in each split, and a resumed run stopped again.
-  assert any(not f and s < 16 for f, s in stops) and any(f for f, _ in stops), stops
+  assert any(not f and s < SPLIT_BATCHES["train"] for f, s in stops), stops
+  assert any(f for f, _ in stops), stops
 
-  proc = _encode(demo, out, env, "--num-shards", "2", "--overwrite")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  rc, _, err = _encode(demo, out, capsys, "--num-shards", "2", "--overwrite")
+  assert rc == 0, err[-3000:]
   assert _files(out) == reference
   assert sorted(os.listdir(tmp_path)) == ["reference", "tokens"]  # no partial, lock or old copy
 

@@ -39,13 +39,16 @@ def _args(demo, outdir, *extra):
           "--batch-size", str(BATCH), *extra]
 
 
-def _sample(args, env):
-  return subprocess.run([sys.executable, "-m", "vlgen_jax.cli", *args], env=env, cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=300)
+def _sample(args, capsys):
+  """`vlgen sample` in this process (the real SIGTERM path: the sampler signals
+  itself, the handler stops it between batches): (exit code, stderr)."""
+  capsys.readouterr()
+  rc = cli.main(args)
+  return rc, capsys.readouterr().err
 
 
 def test_interrupted_samples_keep_the_old_folder_and_resume_to_the_same_bytes(
-    tmp_path, env, demo_tiny_dir):
+    tmp_path, capsys, demo_tiny_dir):
   demo = demo_tiny_dir
   out, ref = tmp_path / "samples", tmp_path / "reference"
   assert cli.main(_args(demo, out, "--seed", "1")) == 0  # the previous, different folder
@@ -61,18 +64,19 @@ def test_interrupted_samples_keep_the_old_folder_and_resume_to_the_same_bytes(
     left = len(PROMPTS) * PER_PROMPT - done
     stop = int(rng.integers(1, left))  # SIGTERM after this many batches of this run
     stops.append((done, stop))
-    proc = _sample(_args(demo, out, "--overwrite", f"--debug-sigterm-after-batches={stop}"), env)
-    assert proc.returncode == 143, proc.stderr[-3000:]
+    rc, err = _sample(_args(demo, out, "--overwrite", f"--debug-sigterm-after-batches={stop}"),
+                      capsys)
+    assert rc == 143, err[-3000:]
     done += stop * BATCH
     assert (f"stopped by SIGTERM: {done} of 12 images in {out}.partial; rerun the same command "
-            "to resume") in proc.stderr
-    assert "Traceback" not in proc.stderr
+            "to resume") in err
+    assert "Traceback" not in err
     assert _files(out) == previous  # the old folder is intact
   assert stops[0][0] == 0 and all(d > 0 for d, _ in stops[1:]), stops
 
-  proc = _sample(_args(demo, out, "--overwrite"), env)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"resuming {out}.partial: {done} of 12 images done" in proc.stderr
+  rc, err = _sample(_args(demo, out, "--overwrite"), capsys)
+  assert rc == 0, err[-3000:]
+  assert f"resuming {out}.partial: {done} of 12 images done" in err
   assert _files(out) == reference
   assert sorted(os.listdir(tmp_path)) == ["reference", "samples"]
 
