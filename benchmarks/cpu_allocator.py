@@ -41,8 +41,9 @@ def _run(argv, env, workdir):
                              "--workdir", workdir], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=log)
     _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
   wall = time.perf_counter() - t0
-  if os.waitstatus_to_exitcode(status):
+  if proc.returncode:
     with open(log_path) as f:
       raise SystemExit(f"error: vlgen train failed:\n{f.read()[-3000:]}")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
