@@ -84,3 +84,29 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, capsys):
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   jax.tree.map(np.testing.assert_array_equal, load_params(str(straight), None, one),
                load_params(str(stopped), None, one))
+
+
+def test_word_dropout_replaces_only_pieces_and_keeps_targets():
+  import jax.numpy as jnp
+  from vlgen_jax.tasks.caption import caption_targets, drop_words
+  from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+  ids = np.full((512, 12), PAD_ID, np.int32)
+  ids[:, 0], ids[:, 1:9], ids[:, 9] = BOS_ID, np.arange(4, 12), EOS_ID
+  dropped = np.asarray(drop_words(jnp.asarray(ids), jax.random.key(0), 0.3))
+  changed = dropped != ids
+  assert np.all(dropped[changed] == UNK_ID)
+  assert not changed[:, [0, 9, 10, 11]].any()  # BOS, EOS, PAD kept
+  assert abs(changed[:, 1:9].mean() - 0.3) < 0.02
+  assert np.array_equal(np.asarray(drop_words(jnp.asarray(ids), jax.random.key(0), 0.0)), ids)
+  targets, mask = caption_targets(jnp.asarray(ids))
+  assert np.array_equal(np.asarray(targets), ids[:, 1:])
+
+
+def test_word_dropout_trains_and_is_checked(tmp_path):
+  from vlgen_jax.errors import UserError
+  from vlgen_jax.tasks import build_task
+  with pytest.raises(UserError, match="word_dropout must be in"):
+    build_task(_config("model.word_dropout=1.0"))
+  train(_config("total_steps=4", "eval_every=0", "checkpoint_every=0", "log_every=1",
+                "model.word_dropout=0.5"), str(tmp_path), devices=jax.devices()[:1])
+  assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4]

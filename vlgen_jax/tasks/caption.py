@@ -27,6 +27,16 @@ def drop_images(image_tokens, rng, rate: float, null_id: int):
   return jnp.where(drop[:, None], jnp.asarray(null_id, image_tokens.dtype), image_tokens)
 
 
+def drop_words(text_ids, rng, rate: float):
+  """Replaces each caption piece (not BOS, EOS or PAD) by UNK with
+  probability `rate`; used as the decoder's input only, never as targets."""
+  import jax
+  import jax.numpy as jnp
+  from vlgen_jax.text.tokenizer import EOS_ID, UNK_ID
+  drop = jax.random.bernoulli(rng, rate, text_ids.shape) & (text_ids > EOS_ID)
+  return jnp.where(drop, jnp.asarray(UNK_ID, text_ids.dtype), text_ids)
+
+
 def caption_targets(text_ids):
   """(targets (B, L-1), mask (B, L-1) bool) of the decoder's L-1 positions."""
   from vlgen_jax.text.tokenizer import PAD_ID
@@ -41,6 +51,10 @@ class CaptionTask(TextToImageTask):
     super().__init__(config)
     from vlgen_jax.model import captioner
     self.model = captioner.Model(self.spec)
+    self.word_dropout = float(config.model.get("word_dropout", 0.0))
+    if not 0.0 <= self.word_dropout < 1.0:
+      from vlgen_jax.errors import UserError
+      raise UserError(f"config.model.word_dropout must be in [0, 1), got {self.word_dropout}")
 
   def init(self, rng, batch: dict):
     variables = self.model.init({"params": rng}, batch["image_tokens"], batch["text_ids"])
@@ -56,14 +70,17 @@ class CaptionTask(TextToImageTask):
     from vlgen_jax.model.captioner import null_image_id
     from vlgen_jax.tasks.losses import token_cross_entropy
     text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
-    rngs = {}
+    inputs, rngs = text_ids, {}
     if train:
       drop_rng, dropout_rng = jax.random.split(rng)
       if self.cond_dropout > 0:
         image_tokens = drop_images(image_tokens, drop_rng, self.cond_dropout,
                                    null_image_id(self.spec))
+      if self.word_dropout > 0:
+        inputs = drop_words(text_ids, jax.random.fold_in(drop_rng, 1), self.word_dropout)
       rngs = {"dropout": dropout_rng}
-    logits = self.model.apply({"params": params}, image_tokens, text_ids, train=train, rngs=rngs)
+    # The model reads inputs[:, :-1]; targets are always the true ids.
+    logits = self.model.apply({"params": params}, image_tokens, inputs, train=train, rngs=rngs)
     targets, mask = caption_targets(text_ids)
     loss, metrics = token_cross_entropy(logits, targets, z_loss=self.z_loss, weights=mask)
     right = (jnp.argmax(logits, axis=-1) == targets) | ~mask

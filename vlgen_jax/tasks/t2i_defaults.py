@@ -120,6 +120,10 @@ def caption_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   c.model = model_config()
   c.data = data_config(source)
   c.data.max_text_len = c.model.get_ref("text_length")
+  # Fraction of the decoder's teacher-forced input pieces replaced by UNK
+  # (word dropout): the next word must then come from the image, not only
+  # from the words before it.
+  c.model.word_dropout = 0.0
   # `vlgen caption` defaults (flags override): beam 1 = greedy; pmi_weight 0 =
   # plain likelihood (vlgen_jax/sample/captioner.py, PMI-guided decoding).
   c.caption = ml_collections.ConfigDict({"beam_size": 1, "pmi_weight": 0.0, "plausibility": 0.0})
