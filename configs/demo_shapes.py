@@ -20,7 +20,7 @@ def get_config():
   c.vq = ml_collections.ConfigDict({"config": "configs/vq_shapes.py", "overrides": ()})
   c.t2i = ml_collections.ConfigDict({"config": "configs/t2i_shapes.py", "overrides": ()})
   # The captioner (docs/captioning.md): its own stage, then an eval of the
-  # t2i run where each image is the best of 8 by caption likelihood.
+  # t2i run where each image is one of 8 candidates, kept by the captioner.
   c.caption = ml_collections.ConfigDict({"config": "configs/caption_shapes.py", "overrides": (),
                                          "candidates": 8})
   c.sample = ml_collections.ConfigDict({

@@ -4,10 +4,12 @@ with the demo's VQ and tokenizer. Outputs, R-precision plumbing and
 one-line user errors."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -120,7 +122,8 @@ def test_reranking_keeps_the_best_scored_candidate(demo):
   prompts = ["a large red circle in the center", "a small blue square at the top left"]
   options = SamplingOptions(temperature=1.0)
   images, tokens, kept, scores = rerank.generate_reranked(gen, scorer, prompts, options,
-                                                          candidates=3, seed=5, batch_size=4)
+                                                          candidates=3, seed=5, batch_size=4,
+                                                          selection="best")
   # The candidates are plain samples i*3 + j of the seed, whatever the batching.
   plain_images, plain_tokens = gen.generate([p for p in prompts for _ in range(3)], options,
                                             seed=5, batch_size=2)
@@ -133,7 +136,49 @@ def test_reranking_keeps_the_best_scored_candidate(demo):
   np.testing.assert_allclose(kept, scores.max(axis=1))
 
 
+def test_consistent_reranking_keeps_the_first_candidate_read_as_the_prompt(demo):
+  from vlgen_jax.sample import rerank
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  gen = Generator.load(str(demo))
+  scorer = rerank.load_scorer(str(demo), gen)
+  prompts = ["a large red circle in the center", "a small blue square at the top left",
+             "a small green circle at the bottom", "a large white triangle on the right"]
+  options = SamplingOptions(temperature=1.0)
+  images, tokens, kept, scores = rerank.generate_reranked(gen, scorer, prompts, options,
+                                                          candidates=4, seed=3, batch_size=8)
+  expanded = [p for p in prompts for _ in range(4)]
+  plain_images, plain_tokens = gen.generate(expanded, options, seed=3, batch_size=16)
+  # Agreement is exactly "greedy captioning writes these ids": true for each
+  # image's own greedy ids (with greedy's score), false for other ids.
+  from vlgen_jax.sample import captioner as captioner_lib
+  greedy_ids, greedy_scores = captioner_lib.make_captioner(scorer.model, beam_size=1)(
+      scorer.params, plain_tokens)
+  check = jax.jit(functools.partial(captioner_lib.score_and_agreement, scorer.model))
+  own_score, own = check(scorer.params, plain_tokens, greedy_ids)
+  assert np.asarray(own).all()
+  np.testing.assert_allclose(own_score, greedy_scores, rtol=1e-5, atol=1e-6)
+  other = np.roll(np.asarray(greedy_ids), 1, axis=0)
+  differs = np.any(other != np.asarray(greedy_ids), axis=1)
+  np.testing.assert_array_equal(np.asarray(check(scorer.params, plain_tokens, other)[1])[differs],
+                                False)
+  _, agree = scorer.score_and_agreement(plain_tokens, expanded)
+  pick = rerank.select(scores, np.asarray(agree).reshape(4, 4), "consistent")
+  np.testing.assert_array_equal(tokens, plain_tokens[np.arange(4) * 4 + pick])
+  np.testing.assert_array_equal(images, plain_images[np.arange(4) * 4 + pick])
+  np.testing.assert_allclose(kept, scores[np.arange(4), pick])
+
+
+def test_consistent_selection_takes_the_first_agreeing_else_the_best():
+  from vlgen_jax.sample.rerank import select
+  scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.8], [0.0, 0.4, 0.1]])
+  agree = np.array([[False, False, True], [True, False, True], [False, False, False]])
+  np.testing.assert_array_equal(select(scores, agree, "consistent"), [2, 0, 1])
+  np.testing.assert_array_equal(select(scores, agree, "best"), [1, 2, 1])
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--scorer", "SCORER", "--rerank", "top"], "--rerank must be one of consistent, best"),
     (["--scorer", "SCORER", "--candidates", "0"], "--candidates must be a positive integer"),
     (["--candidates", "4"], "--candidates > 1 needs --scorer"),
 ])

@@ -30,7 +30,7 @@ one process, writing into the demo workdir:
   WORKDIR/caption/              captioner run (recipes with `caption`; docs/captioning.md)
   WORKDIR/samples/              vlgen sample on a few prompts (grid.png)
   WORKDIR/eval/                 vlgen eval report (grid.png, results.json)
-  WORKDIR/eval_rerank/          the same eval, each image the best of `caption.candidates`
+  WORKDIR/eval_rerank/          the same eval, each image one of `caption.candidates` kept by the captioner
   WORKDIR/demo.json             finished stages, their wall times, the runs
 
 A re-run skips finished stages (and training stages resume from their

@@ -107,19 +107,20 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
                  batch_size: int = 32, step: int | None = None,
                  vq_workdir: str | None = None, mesh: str | None = None,
                  dtype: str | None = None, quantize: str = "none",
-                 scorer: str | None = None, candidates: int = 1, r_precision: int = 100,
+                 scorer: str | None = None, candidates: int = 1, selection: str = "consistent",
+                 r_precision: int = 100,
                  fd_features: str = "none", inception_weights: str | None = None
                  ) -> dict | None:
   """Samples captions of the run's split (or a prompts file), scores and
   reports them; returns the results on process 0 (None elsewhere).
 
-  With `scorer` (a captioner run): each image is the best of `candidates`
-  (vlgen_jax/sample/rerank.py), and R-precision (R = `r_precision`, 0 = off)
+  With `scorer` (a captioner run): each image is one of `candidates` kept by
+  `selection` (vlgen_jax/sample/rerank.py), and R-precision (R = `r_precision`, 0 = off)
   of the samples and of the split's real images is reported; `fd_features`
   "captioner" / "inception" adds FD and KID against the split's real images
   (vlgen_jax/eval/caption_metrics.py)."""
   from vlgen_jax.sample import rerank
-  rerank.check_arguments(scorer, candidates)
+  rerank.check_arguments(scorer, candidates, selection)
   if fd_features not in ("none", "captioner", "inception"):
     raise UserError(f"--fd-features must be none, captioner or inception, got {fd_features!r}")
   if fd_features == "captioner" and not scorer:
@@ -155,7 +156,8 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
             disable=jax.process_index() != 0) as bar:
     images, sampled, _ = rerank.generate(gen, captioner, captions, options,
                                          candidates=candidates, seed=seed,
-                                         batch_size=batch_size, progress=bar.update)
+                                         batch_size=batch_size, progress=bar.update,
+                                         selection=selection)
   if tokens is not None:
     # Retrieval (eval/retrieval.py) against the split's own tokens decoded by
     # the run's VQ: the images the model was trained to draw. They exist
@@ -165,7 +167,7 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
     references = gen.vq.decode_uint8(tokens.reshape(len(tokens), *gen.spec.image_grid))
   if jax.process_index() != 0:
     return None
-  metrics.update(candidates=candidates,
+  metrics.update(candidates=candidates, rerank=selection if captioner is not None else None,
                  seconds_per_kept_image=(time.perf_counter() - start) / len(captions))
   if captioner is not None and r_precision:
     metrics.update(caption_metrics.scorer_metrics(captioner, sampled, tokens, captions,
@@ -182,7 +184,7 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   source = f"prompts-{os.path.basename(prompts_file)}" if prompts_file else split
   parallel = get_family(gen.spec.family).uses_steps
   steps = f"-steps{options.steps}" if parallel else ""
-  best = f"-best{candidates}" if captioner is not None else ""
+  best = f"-{selection}{candidates}" if captioner is not None else ""
   report = report or os.path.join(gen.run, "eval",
                                   f"{source}-{num}-cfg{options.cfg_scale:g}{steps}{best}")
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,

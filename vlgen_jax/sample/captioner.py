@@ -74,6 +74,21 @@ def score(model, params, image_tokens, text_ids, *, pmi: bool = False):
   return total / n
 
 
+def score_and_agreement(model, params, image_tokens, text_ids):
+  """image_tokens (B, N), text_ids (B, L) -> ((B,) normalised log p(caption |
+  image), (B,) bool: every id of the caption is the argmax given its prefix,
+  i.e. greedy decoding would write exactly this caption). One teacher-forced
+  pass gives both."""
+  variables = {"params": params}
+  encoded, mask = model.apply(variables, image_tokens, method=Model.encode_image)
+  logits = model.apply(variables, encoded, mask, text_ids, method=Model.caption_logits)
+  lp, real = token_log_probs(logits, text_ids)
+  # Greedy's rule (`_step_rules`): the last position can only emit EOS.
+  best = jnp.argmax(logits, axis=-1).at[:, -1].set(EOS_ID)
+  agree = jnp.all((best == text_ids[:, 1:]) | ~real, axis=-1)
+  return jnp.sum(lp, axis=-1) / jnp.maximum(jnp.sum(real, axis=-1), 1), agree
+
+
 def score_candidates(model, params, image_tokens, text_ids, *, pmi: bool = False):
   """image_tokens (B, N), text_ids (B, R, L): R candidate captions per image ->
   (B, R) scores. Each image is encoded once for its R captions."""
@@ -309,6 +324,12 @@ class Captioner:
   def score(self, image_tokens, captions, *, pmi: bool = False) -> np.ndarray:
     """(n,) scores of image i with caption i (strings)."""
     fn = self._fn(("score", pmi), lambda: make_scorer(self.model, pmi=pmi))
+    return self._batched(fn, np.asarray(image_tokens, np.int32), self.text_ids(captions))
+
+  def score_and_agreement(self, image_tokens, captions) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) scores of image i with caption i and (n,) bool: greedy captioning
+    of image i writes exactly caption i (`score_and_agreement` above)."""
+    fn = self._fn("agreement", lambda: jax.jit(functools.partial(score_and_agreement, self.model)))
     return self._batched(fn, np.asarray(image_tokens, np.int32), self.text_ids(captions))
 
   def prior(self, captions) -> np.ndarray:

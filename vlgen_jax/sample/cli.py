@@ -36,10 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
   """Options shared with `vlgen eval`."""
   parser.add_argument("--scorer", default=None,
-                      help="captioner run: sample --candidates images per output and keep the "
-                           "one whose caption likelihood is highest")
+                      help="captioner run: sample --candidates images per output and keep one "
+                           "the captioner reads as the prompt")
   parser.add_argument("--candidates", type=int, default=1,
                       help="candidates per kept image (with --scorer)")
+  parser.add_argument("--rerank", default="consistent",
+                      help="which candidate is kept: consistent = the first whose greedy caption "
+                           "is the prompt, else the best scored (keeps the samples varied); "
+                           "best = the highest caption likelihood (Parti)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +106,7 @@ def run(args) -> int:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  rerank.check_arguments(args.scorer, args.candidates)
+  rerank.check_arguments(args.scorer, args.candidates, args.rerank)
   partial.check_output(args.outdir, args.overwrite, "--outdir")
   source = streaming.prompt_source(args.prompts, args.prompt)
   total = source.count * args.num_per_prompt
@@ -122,7 +126,7 @@ def run(args) -> int:
   result = streaming.sample_to_folder(
       gen, source, args.outdir, options, num_per_prompt=args.num_per_prompt,
       batch_size=batch_size, seed=args.seed, overwrite=args.overwrite, scorer=scorer,
-      candidates=args.candidates,
+      candidates=args.candidates, selection=args.rerank,
       resume_options={"vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)},
       info={"run": os.path.abspath(gen.run), "step": gen.step,
             "evaluators": list(gen.config.evaluators)},
@@ -141,7 +145,8 @@ def run(args) -> int:
   if main_process:
     mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
             else "ar decoding")
-    kept = f" (each the best of {args.candidates} by {args.scorer})" if scorer else ""
+    kept = (f" (each one of {args.candidates} kept by {args.scorer}, {args.rerank})"
+            if scorer else "")
     rate = (result.done - result.resumed) / max(result.seconds, 1e-9)
     print(f"wrote {result.total} images{kept} to {result.path} (grid: {result.grid}); "
           f"{rate:.2f} images/s ({mode}, {gen.spec.dtype}"

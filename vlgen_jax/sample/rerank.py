@@ -1,5 +1,15 @@
-"""Parti-style reranking: sample N candidates per prompt, keep the one a
-captioner scores highest.
+"""Reranking: sample N candidates per prompt, keep one a captioner reads as
+the prompt.
+
+Two rules pick the kept candidate (`SELECTIONS`):
+- "consistent" (default): the first candidate, in seed order, whose greedy
+  caption is exactly the prompt (the captioner's argmax at every position of
+  the teacher-forced prompt); if none is, the highest-scored one. This is
+  rejection sampling with the captioner as the test, so the kept images are
+  the model's own samples among those that pass: as varied as plain sampling.
+- "best" (Parti): the highest-scored candidate. The captioner is most sure of
+  typical images, so this also narrows the samples towards them (on shapes:
+  objects drawn nearer their cell's centre; docs/captioning.md has numbers).
 
 The scorer reads the t2i run's image tokens directly, so both runs must
 share the VQ (same codes) and the caption tokenizer (same ids); `check_pair`
@@ -45,14 +55,23 @@ def check_pair(generator, scorer) -> None:
                     f"{generator.spec.image_vocab_size} on {generator.spec.image_grid}")
 
 
+SELECTIONS = ("consistent", "best")
+
+
 def check_candidates(candidates: int) -> None:
   if int(candidates) != candidates or candidates < 1:
     raise UserError(f"--candidates must be a positive integer, got {candidates}")
 
 
-def check_arguments(scorer: str | None, candidates: int) -> None:
-  """`--scorer` / `--candidates` of `vlgen sample` and `vlgen eval`."""
+def check_selection(selection: str) -> None:
+  if selection not in SELECTIONS:
+    raise UserError(f"--rerank must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+
+
+def check_arguments(scorer: str | None, candidates: int, selection: str = "consistent") -> None:
+  """`--scorer` / `--candidates` / `--rerank` of `vlgen sample` and `vlgen eval`."""
   check_candidates(candidates)
+  check_selection(selection)
   if candidates > 1 and not scorer:
     raise UserError("--candidates > 1 needs --scorer RUN (a captioner run) to pick among them")
 
@@ -67,11 +86,20 @@ def load_scorer(path: str | None, generator):
   return scorer
 
 
+def select(scores: np.ndarray, agree: np.ndarray, selection: str) -> np.ndarray:
+  """Index of the kept candidate per row of (n, candidates) scores and
+  agreements (module docstring)."""
+  best = np.argmax(scores, axis=1)
+  if selection == "best":
+    return best
+  return np.where(agree.any(axis=1), np.argmax(agree, axis=1), best)
+
+
 def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: int = 1,
              seed: int = 0, batch_size: int = 16, progress: Callable[[int], None] | None = None,
-             first_index: int = 0):
+             first_index: int = 0, selection: str = "consistent"):
   """(images, tokens, kept scores or None): plain sampling without a scorer,
-  else the best of `candidates` per prompt (`generate_reranked`). Output i
+  else one of `candidates` per prompt (`generate_reranked`). Output i
   is the same whether made alone or as output `first_index + i` of a run."""
   if scorer is None:
     images, tokens = generator.generate(prompts, options, seed=seed, batch_size=batch_size,
@@ -80,23 +108,28 @@ def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: 
   images, tokens, kept, _ = generate_reranked(generator, scorer, prompts, options,
                                               candidates=candidates, seed=seed,
                                               batch_size=batch_size, progress=progress,
-                                              first_index=first_index)
+                                              first_index=first_index, selection=selection)
   return images, tokens, kept
 
 
 def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, candidates: int,
                       seed: int = 0, batch_size: int = 16,
-                      progress: Callable[[int], None] | None = None, first_index: int = 0):
-  """One kept image per entry of `prompts`, the best of `candidates` samples.
+                      progress: Callable[[int], None] | None = None, first_index: int = 0,
+                      selection: str = "consistent"):
+  """One kept image per entry of `prompts` among `candidates` samples, chosen
+  by `selection` (module docstring).
 
   Returns (uint8 images (n, H, W, 3), tokens (n, N), scores (n,) of the kept
   ones, all scores (n, candidates)).
   """
   check_candidates(candidates)
+  check_selection(selection)
   expanded = [p for p in prompts for _ in range(candidates)]
   images, tokens = generator.generate(expanded, options, seed=seed, batch_size=batch_size,
                                       progress=progress, first_index=first_index * candidates)
-  scores = np.asarray(scorer.score(tokens, expanded)).reshape(len(prompts), candidates)
-  best = np.argmax(scores, axis=1)
-  keep = np.arange(len(prompts)) * candidates + best
-  return images[keep], tokens[keep], scores[np.arange(len(prompts)), best], scores
+  scores, agree = scorer.score_and_agreement(tokens, expanded)
+  scores = np.asarray(scores).reshape(len(prompts), candidates)
+  pick = select(scores, np.asarray(agree, bool).reshape(scores.shape), selection)
+  rows = np.arange(len(prompts))
+  keep = rows * candidates + pick
+  return images[keep], tokens[keep], scores[rows, pick], scores

@@ -79,6 +79,7 @@ class SampleResult:
 def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
                      num_per_prompt: int = 1, batch_size: int = 16, seed: int = 0,
                      overwrite: bool = False, scorer=None, candidates: int = 1,
+                     selection: str = "consistent",
                      resume_options: Mapping[str, Any] | None = None,
                      info: Mapping[str, Any] | None = None,
                      sigterm_after_batches: int = 0) -> SampleResult:
@@ -86,7 +87,8 @@ def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
   `outdir` (numbered PNGs, captions.tsv, grid.png, sample.json with `info`).
   `resume_options`: what else must match for a rerun to resume (e.g. the
   VQ override); the run, step, prompts, seed, sampling options and scorer
-  always must. With `scorer`, each image is the best of `candidates`.
+  always must. With `scorer`, each image is one of `candidates` kept by
+  `selection` (vlgen_jax/sample/rerank.py).
   `sigterm_after_batches` is fault injection for tests/reliability."""
   main_process = jax.process_index() == 0
   total = source.count * num_per_prompt
@@ -94,7 +96,8 @@ def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
   resume_key = {"run": os.path.abspath(gen.run), "step": gen.step, "prompts": source.origin,
                 "num_prompts": source.count, "num_per_prompt": num_per_prompt, "seed": seed,
                 "sampling": repr(options), "scorer": scorer and os.path.abspath(scorer.run),
-                "candidates": candidates, **dict(resume_options or {})}
+                "candidates": candidates, "selection": selection if scorer else None,
+                **dict(resume_options or {})}
   batches = 0
   with locks.output_lock(outdir) if main_process else contextlib.nullcontext():
     partial.check_output(outdir, overwrite, "--outdir")  # again, under the lock
@@ -125,7 +128,7 @@ def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
           truncated += gen.tokenizer.num_truncated - before
           images, _, _ = rerank.generate(gen, scorer, texts, options, candidates=candidates,
                                          seed=seed, batch_size=batch_size * candidates,
-                                         first_index=done)
+                                         first_index=done, selection=selection)
           if writer:
             writer.write(images, texts)
           done += len(chunk)
