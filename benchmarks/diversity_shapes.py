@@ -14,7 +14,8 @@ A sampler that draws near copies has a ratio near 0; one that draws as the
 data does has a ratio near 1. Prints a table and one JSON object.
 
   python benchmarks/diversity_shapes.py --workdir RUN [--vq-workdir VQ] \\
-      [--scorer CAPTION_RUN --candidates 8] [--temperature 1.0 --top-k 0]
+      [--scorer CAPTION_RUN --candidates 8 --rerank consistent|best] \\
+      [--temperature 1.0 --top-k 0]
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
   p.add_argument("--vq-workdir", default=None)
   p.add_argument("--scorer", default=None, help="a captioner run: rerank candidates")
   p.add_argument("--candidates", type=int, default=1)
+  p.add_argument("--rerank", default="consistent", help="selection rule: consistent | best")
   p.add_argument("--captions", type=int, default=50)
   p.add_argument("--samples", type=int, default=8)
   p.add_argument("--temperature", type=float, default=None)
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
   from vlgen_jax.sample.sampler import SamplingOptions
   from vlgen_jax.shapes import scenes
 
-  rerank.check_arguments(args.scorer, args.candidates)
+  rerank.check_arguments(args.scorer, args.candidates, args.rerank)
   options = SamplingOptions.from_config(t2i_config(args.workdir), temperature=args.temperature,
                                         top_k=args.top_k, cfg_scale=args.cfg_scale)
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir)
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
   prompts = [scenes.build_caption([o]) for o in objects for _ in range(args.samples)]
   start = time.perf_counter()
   images, _, _ = rerank.generate(gen, scorer, prompts, options, candidates=args.candidates,
-                                 seed=args.seed, batch_size=args.batch_size)
+                                 seed=args.seed, batch_size=args.batch_size,
+                                 selection=args.rerank)
   seconds = time.perf_counter() - start
   flat = [o for o in objects for _ in range(args.samples)]
   centres = box_centres(images, flat)
@@ -126,7 +129,9 @@ def main(argv=None) -> int:
 
   result = {"run": os.path.abspath(gen.run), "step": gen.step, "family": gen.spec.family,
             "scorer": os.path.abspath(args.scorer) if args.scorer else None,
-            "candidates": args.candidates, "captions": len(objects), "samples": args.samples,
+            "candidates": args.candidates,
+            "rerank": args.rerank if args.scorer else None,
+            "captions": len(objects), "samples": args.samples,
             "temperature": options.temperature, "top_k": options.top_k,
             "cfg_scale": options.cfg_scale, "seed": args.seed, "fidelity": fidelity,
             "spread_px": spread, "data_spread_px": data_spread,
