@@ -32,6 +32,7 @@ def main(argv=None) -> int:
   p.add_argument("--json-out", default="")
   args = p.parse_args(argv)
 
+  from vlgen_jax import files
   from vlgen_jax.sample.captioner import Captioner
   from vlgen_jax.shapes.captioning import shapes_caption_eval
 
@@ -51,8 +52,7 @@ def main(argv=None) -> int:
           f"{r.get('r_precision_top5', float('nan')):6.3f} {r['seconds']:6.1f}")
   result = {"run": os.path.abspath(args.workdir), "step": args.step, "results": rows}
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(args.json_out, result)
   print(json.dumps(result))
   return 0
 

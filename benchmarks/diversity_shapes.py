@@ -90,6 +90,7 @@ def main(argv=None) -> int:
   p.add_argument("--grid-out", default="")
   args = p.parse_args(argv)
 
+  from vlgen_jax import files
   from vlgen_jax.images import make_grid, save_png
   from vlgen_jax.runs import t2i_config
   from vlgen_jax.sample import rerank
@@ -146,8 +147,7 @@ def main(argv=None) -> int:
     shown = min(8, len(objects))
     save_png(make_grid(list(images[:shown * args.samples]), cols=args.samples), args.grid_out)
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(args.json_out, result)
   print(json.dumps(result))
   return 0
 

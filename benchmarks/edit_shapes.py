@@ -62,6 +62,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   import numpy as np
+  from vlgen_jax import files
   from vlgen_jax.images import make_grid, save_png
   from vlgen_jax.sample import edit as edit_lib
   from vlgen_jax.runs import t2i_config
@@ -112,8 +113,7 @@ def main(argv=None) -> int:
     pairs = [im for k in range(min(16, len(images))) for im in (images[k], edited[k])]
     save_png(make_grid(pairs, cols=8), args.grid_out)
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(args.json_out, result)
   print(json.dumps(result))
   return 0 if outside_identical and kept_ok else 1
 

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from vlgen_jax import files
   from vlgen_jax.config import load_config
   from vlgen_jax.model.spec import ModelSpec
   from vlgen_jax.sample import sampler
@@ -85,8 +86,7 @@ def main(argv=None) -> int:
   result = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps, "cfg": args.cfg,
             "device": str(jax.devices()[0].device_kind), "families": rows}
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(args.json_out, result)
   print(json.dumps(result))
   return 0
 

@@ -89,6 +89,7 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from vlgen_jax import files
   from vlgen_jax.config import load_config
   from vlgen_jax.model.spec import ModelSpec
   from vlgen_jax.model.t2i import Model
@@ -246,10 +247,7 @@ def main(argv=None) -> int:
             "rows": rows, "summary": summary}
   line = json.dumps(result)
   if args.json_out:
-    tmp = args.json_out + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(line + "\n")
-    os.replace(tmp, args.json_out)
+    files.write_text(args.json_out, line + "\n")
   print(line)
   return 0
 

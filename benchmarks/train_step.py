@@ -312,6 +312,7 @@ def main(argv=None) -> int:
     print(RESULT_PREFIX + json.dumps(row), flush=True)
     return 0
 
+  from vlgen_jax import files
   from vlgen_jax.errors import UserError
   try:
     cases = build_cases(args)
@@ -350,8 +351,7 @@ def main(argv=None) -> int:
   print(format_table(rows))
   line = json.dumps(result)
   if args.json_out:
-    with open(args.json_out, "w") as f:
-      f.write(line + "\n")
+    files.write_text(args.json_out, line + "\n")
   print(line)
   return 0 if ok and len(ok) == len(rows) else 1
 

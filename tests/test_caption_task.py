@@ -10,7 +10,6 @@ from jax.sharding import PartitionSpec as P
 
 from trainer_helpers import REPO_ROOT, read_metrics, train_losses
 from vlgen_jax.config import load_config
-from vlgen_jax.train import sharding as shd
 from vlgen_jax.train.checkpoint import load_params
 from vlgen_jax.train.trainer import train
 

@@ -44,6 +44,7 @@ import json
 import os
 import time
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 
 HELP = ("run the whole pipeline (tokenizer → VQ → encode → t2i → sample → eval) on your "
@@ -85,10 +86,7 @@ def _load_state(workdir: str) -> dict:
 
 
 def _save_state(workdir: str, state: dict) -> None:
-  tmp = os.path.join(workdir, STATE_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(state, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, STATE_FILE))
+  files.write_json(os.path.join(workdir, STATE_FILE), state)
 
 
 def _vlgen(*argv) -> None:
@@ -148,14 +146,7 @@ def _write_prompts(c, w) -> None:
   source = token_records.TokenRecordSource(w["tokens"], "validation")
   captions = [token_records.decode_token_record(source[i])[1]
               for i in range(min(int(c.sample.num_prompts), len(source)))]
-  _write_atomic(w["prompts"], "".join(f"{p}\n" for p in [*captions, ""]))
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  files.write_text(w["prompts"], "".join(f"{p}\n" for p in [*captions, ""]))
 
 
 def _own_recipe(args, workdir: str):
@@ -268,7 +259,7 @@ def run(args) -> int:
   if own:
     from vlgen_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
     print(recipe_lib.describe(c), flush=True)
-    _write_atomic(os.path.join(workdir, RECIPE_FILE), recipe_lib.to_json(c))
+    files.write_text(os.path.join(workdir, RECIPE_FILE), recipe_lib.to_json(c))
   state = _load_state(workdir)
   _check_recipe(state, c.to_dict(), commands, workdir, redo, stages)
   state["recipe"] = c.to_dict()

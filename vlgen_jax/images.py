@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vlgen_jax import files
+
 BORDER = 2
 BORDER_VALUE = 96
 CELL_PX = 128  # longer side of a grid cell's image, whatever the resolution
@@ -81,5 +83,7 @@ def make_grid(images: Sequence[np.ndarray], *, cols: int = 8, scale: int = 1,
 
 
 def save_png(image: np.ndarray, path: str) -> None:
+  """Writes `image` (H, W[, C] uint8) as a PNG, atomically."""
   from PIL import Image
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  with files.atomic_path(path) as tmp:
+    Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
@@ -68,10 +69,7 @@ class PartialOutput:
     return progress
 
   def save(self, progress: dict) -> None:
-    tmp = self._progress_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(progress, f, indent=1, sort_keys=True)
-    os.replace(tmp, self._progress_path)
+    files.write_json(self._progress_path, progress, indent=1, sort_keys=True)
 
   def publish(self) -> None:
     os.remove(self._progress_path)

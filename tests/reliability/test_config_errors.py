@@ -10,7 +10,7 @@ import os
 import pytest
 
 from fault_helpers import RUN, error_lines, last_logged, run, run_ok
-from trainer_helpers import REPO_ROOT, TOY
+from trainer_helpers import TOY
 from vlgen_jax import cli
 
 PLAIN_DICT = "def get_config():\n  return {'task': 'toy', 'total_steps': 10}\n"

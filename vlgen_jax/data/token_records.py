@@ -39,6 +39,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from flax import serialization
 
+from vlgen_jax import files
 from vlgen_jax.data.decode import BAD_RECORD, BadRecord
 from vlgen_jax.errors import UserError
 
@@ -112,13 +113,6 @@ def read_info(directory: str) -> dict:
   if info.get("version") != VERSION:
     raise UserError(f"{path} has version {info.get('version')}, this code reads {VERSION}")
   return info
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 class TokenRecordWriter:
@@ -200,7 +194,7 @@ class TokenRecordWriter:
                 if _SHARD_RE.match(n) and _SHARD_RE.match(n).group("total") == total_suffix}
       shards.update(dict(zip(self._names, self._counts)))
       info["splits"][self.split] = {"num_records": sum(shards.values()), "shards": shards}
-      _write_json_atomic(path, info)
+      files.write_json(path, info, sort_keys=True)
 
   def discard(self) -> None:
     """Closes the shards without publishing them and deletes their files."""
@@ -273,9 +267,8 @@ def write_code_appearance(directory: str, sums: np.ndarray, counts: np.ndarray) 
   counts = np.asarray(counts, np.int64)
   mean = np.asarray(sums, np.float64) / np.maximum(counts, 1)[:, None]
   path = os.path.join(directory, APPEARANCE_FILE)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, mean=mean.astype(np.float32), count=counts)
-  os.replace(tmp, path)
+  with files.atomic_path(path, suffix=".npz") as tmp:
+    np.savez(tmp, mean=mean.astype(np.float32), count=counts)
   return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from vlgen_jax.eval import frechet
 from vlgen_jax.eval.r_precision import r_precision
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 from vlgen_jax.eval import evaluators as evaluators_lib
 from vlgen_jax.images import CELL_PX, make_grid, save_png
@@ -111,19 +112,12 @@ def write_report(report_dir: str, images, captions, evaluator_names: Sequence[st
   evaluators, per_image, summaries, grid = score_images(evaluator_names, images, captions)
   results = {"n": len(images), **(extra or {}), **summaries}
   os.makedirs(report_dir, exist_ok=True)
-  _write_atomic(os.path.join(report_dir, "scores.jsonl"), "".join(
+  files.write_text(os.path.join(report_dir, "scores.jsonl"), "".join(
       json.dumps({"index": i, "caption": c, **{
           ev.name: (None if per_image[ev.name][i] is None else {
               "satisfied": ev.satisfied(per_image[ev.name][i]),
               "detected": ev.describe(per_image[ev.name][i])})
           for ev in evaluators}}) + "\n" for i, c in enumerate(captions)))
   save_png(grid, os.path.join(report_dir, "grid.png"))
-  _write_atomic(os.path.join(report_dir, "results.json"), json.dumps(results, indent=2))
+  files.write_json(os.path.join(report_dir, "results.json"), results)
   return results
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 
 POOL_FEATURES = 2048
@@ -229,6 +230,5 @@ def load_weights(path: str, model: InceptionV3, resolution: int = 299) -> dict:
 
 def save_weights(path: str, variables) -> None:
   """Writes variables as .npz (names as `load_weights` reads them), atomically."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in flatten(variables).items()})
-  os.replace(tmp, path)
+  with files.atomic_path(path, suffix=".npz") as tmp:
+    np.savez(tmp, **{k: np.asarray(v) for k, v in flatten(variables).items()})

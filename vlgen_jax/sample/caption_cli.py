@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 
 HELP = "caption images (or a token dataset) with a trained captioner"
@@ -65,11 +66,7 @@ def read_images(folder: str):
 def write_tsv(path: str, rows) -> None:
   """Tab-separated rows, written atomically (tabs/newlines in fields become spaces)."""
   clean = lambda s: " ".join(str(s).split())
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write("\t".join(clean(v) for v in row) + "\n")
-  os.replace(tmp, path)
+  files.write_text(path, "".join("\t".join(clean(v) for v in row) + "\n" for row in rows))
 
 
 def run(args) -> int:

@@ -10,7 +10,6 @@ pixels.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, Sequence
 
 import numpy as np
