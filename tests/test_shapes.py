@@ -315,7 +315,7 @@ def test_cli_builds_and_summarises(tmp_path, capsys):
   assert re.search(r"\(heldout\):.*with a held-out pair: 6/6\n", out)
   grid = tmp_path / f"shapes-{name}-train-grid.png"
   assert str(grid) in out
-  assert Image.open(grid).size == (2 * (8 * 34 + 2), 2 * (5 * 34 + 2))  # 40 images: 5 rows
+  assert Image.open(grid).size == (8 * (2 * 32 + 2) + 2, 5 * (2 * 32 + 2) + 2)  # 40 images: 5 rows
   assert cli.main(argv) == 0
   assert f"shapes {name} already built" in capsys.readouterr().out
 

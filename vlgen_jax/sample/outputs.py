@@ -2,12 +2,12 @@
 captions.tsv, a grid and sample.json)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 from vlgen_jax.images import CELL_PX, make_grid, save_png
 
@@ -39,13 +39,13 @@ def write_outputs(outdir: str, images: Sequence[np.ndarray], prompts: Sequence[s
   (`info`: which run made them); returns the grid path."""
   os.makedirs(outdir, exist_ok=True)
   if info is not None:
-    with open(os.path.join(outdir, SAMPLE_INFO), "w", encoding="utf-8") as f:
-      json.dump(dict(info), f, indent=2)
-  with open(os.path.join(outdir, "captions.tsv"), "w", encoding="utf-8") as f:
-    for i, (image, prompt) in enumerate(zip(images, prompts)):
-      name = f"{i:05d}.png"
-      save_png(image, os.path.join(outdir, name))
-      f.write(f"{name}\t{tsv_caption(prompt)}\n")
+    files.write_json(os.path.join(outdir, SAMPLE_INFO), dict(info))
+  lines = []
+  for i, (image, prompt) in enumerate(zip(images, prompts)):
+    name = f"{i:05d}.png"
+    save_png(image, os.path.join(outdir, name))
+    lines.append(f"{name}\t{tsv_caption(prompt)}\n")
+  files.write_text(os.path.join(outdir, "captions.tsv"), "".join(lines))
   grid_path = os.path.join(outdir, "grid.png")
   n = min(len(images), GRID_IMAGES)
   save_png(make_grid(images[:n], cols=8, cell_px=CELL_PX,
@@ -77,9 +77,7 @@ class SampleWriter:
     if os.path.exists(tsv):
       with open(tsv, encoding="utf-8") as f:
         lines = f.read().split("\n")[:self.done]
-    with open(tsv + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(line + "\n" for line in lines)
-    os.replace(tsv + ".tmp", tsv)
+    files.write_text(tsv, "".join(line + "\n" for line in lines))
     for name in os.listdir(self.path):
       if name.endswith(".png") and name[:-4].isdigit() and int(name[:-4]) >= self.done:
         os.remove(os.path.join(self.path, name))
@@ -115,7 +113,6 @@ class SampleWriter:
     save_png(make_grid(images, cols=8, cell_px=CELL_PX,
                        captions=[c for _, c in entries] if captions_in_grid else None,
                        caption_width=CELL_PX + 32), os.path.join(self.path, "grid.png"))
-    with open(os.path.join(self.path, SAMPLE_INFO), "w", encoding="utf-8") as f:
-      json.dump(dict(info), f, indent=2)
+    files.write_json(os.path.join(self.path, SAMPLE_INFO), dict(info))
     self._out.publish()
     return os.path.join(self._out.output, "grid.png")

@@ -14,7 +14,6 @@ DESCRIPTION = ("Build `shapes` (docs/shapes.md) under DIR as TFDS ArrayRecord fi
                "next to it.")
 
 _GRID_SIDE = 8  # examples per row/column of the preview grid
-_GRID_BORDER = 2  # gray pixels between grid cells
 _READ_CHUNK = 1000
 
 
@@ -36,20 +35,8 @@ def _positive(name: str, value: int) -> int:
 
 def write_grid(images, path: str, scale: int = 2) -> None:
   """Writes up to 64 uint8 HxWx3 images as an 8x8 PNG grid with gray borders."""
-  import numpy as np
-  from PIL import Image
-  images = list(images)[:_GRID_SIDE * _GRID_SIDE]
-  h, w, _ = images[0].shape
-  rows = -(-len(images) // _GRID_SIDE)
-  step_y, step_x = h + _GRID_BORDER, w + _GRID_BORDER
-  cols = min(len(images), _GRID_SIDE)
-  grid = np.full((rows * step_y + _GRID_BORDER, cols * step_x + _GRID_BORDER, 3), 96, np.uint8)
-  for i, image in enumerate(images):
-    r, c = divmod(i, _GRID_SIDE)
-    y, x = _GRID_BORDER + r * step_y, _GRID_BORDER + c * step_x
-    grid[y:y + h, x:x + w] = image
-  grid = grid.repeat(scale, 0).repeat(scale, 1)
-  Image.fromarray(grid).save(path)
+  from vlgen_jax.images import make_grid, save_png
+  save_png(make_grid(list(images)[:_GRID_SIDE * _GRID_SIDE], cols=_GRID_SIDE, scale=scale), path)
 
 
 def _split_stats(builder, split: str, progress: bool):

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from vlgen_jax import files
 from vlgen_jax.errors import UserError
 
 PAD_ID = 0
@@ -135,14 +136,9 @@ class TextTokenizer:
     """Writes the model atomically (temp file + rename)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with files.atomic_path(path) as tmp:
       with open(tmp, "wb") as f:
         f.write(self._proto)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):  # the rename failed (e.g. `path` is a directory)
-        os.remove(tmp)
 
   @property
   def fingerprint(self) -> str:
