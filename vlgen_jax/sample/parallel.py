@@ -22,7 +22,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.sample import sampler as ar
@@ -78,10 +77,7 @@ def sample_tokens(model, params, text_ids, keys, *, options, empty_caption=None,
   if steps > num_tokens:
     raise UserError(f"--steps {steps} is more than the {num_tokens} image tokens")
   guided = options.guided or force_guidance
-  if guided:
-    if empty_caption is None:
-      raise UserError("classifier-free guidance needs the empty caption ids")
-    text_ids = ar._with_unconditional(text_ids, np.asarray(empty_caption))
+  text_ids = ar.guided_text_ids(text_ids, empty_caption, guided)
   variables = {"params": params}
   encoded, text_mask = model.apply(variables, text_ids, method="encode_text")
   tokens = jnp.full((batch, num_tokens), spec.mask_id, jnp.int32)

@@ -160,9 +160,15 @@ def image_keys(seed: int, first_index: int, count: int):
       jnp.arange(first_index, first_index + count, dtype=jnp.uint32))
 
 
-def _with_unconditional(text_ids, empty_caption):
-  empty = jnp.broadcast_to(jnp.asarray(empty_caption[:text_ids.shape[1]], text_ids.dtype),
-                           text_ids.shape)
+def guided_text_ids(text_ids, empty_caption, guided: bool):
+  """The B caption rows, then (guided) B rows of the empty caption: the 2B
+  batch classifier-free guidance runs, conditional rows first."""
+  if not guided:
+    return text_ids
+  if empty_caption is None:
+    raise UserError("classifier-free guidance needs the empty caption ids")
+  empty = np.asarray(empty_caption)[:text_ids.shape[1]]
+  empty = jnp.broadcast_to(jnp.asarray(empty, text_ids.dtype), text_ids.shape)
   return jnp.concatenate([text_ids, empty], axis=0)
 
 
@@ -195,10 +201,7 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   batch = text_ids.shape[0]
   num_tokens = spec.num_image_tokens
   guided = options.guided or force_guidance
-  if guided:
-    if empty_caption is None:
-      raise UserError("classifier-free guidance needs the empty caption ids")
-    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  text_ids = guided_text_ids(text_ids, empty_caption, guided)
   variables = {"params": params}
   cache = model.apply(variables, text_ids, method="prefill")
 
@@ -264,10 +267,7 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
   num_tokens = spec.num_image_tokens
   draft_len = min(int(options.draft_len), num_tokens)
   guided = options.guided or force_guidance
-  if guided:
-    if empty_caption is None:
-      raise UserError("classifier-free guidance needs the empty caption ids")
-    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  text_ids = guided_text_ids(text_ids, empty_caption, guided)
   variables = {"params": params}
   encoded, text_mask = model.apply(variables, text_ids, method=Model.encode_text)
   cache = model.apply(variables, encoded, text_mask, method=Model.init_cache)
@@ -342,8 +342,7 @@ def sample_tokens_full_recompute(model, params, text_ids, keys, *, options: Samp
   spec = model.spec
   batch = text_ids.shape[0]
   num_tokens = spec.num_image_tokens
-  if options.guided:
-    text_ids = _with_unconditional(text_ids, np.asarray(empty_caption))
+  text_ids = guided_text_ids(text_ids, empty_caption, options.guided)
   variables = {"params": params}
 
   def step(tokens, position):
