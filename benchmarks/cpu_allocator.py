@@ -1,7 +1,9 @@
 """CPU training step time and page faults per malloc setting, in ONE run.
 
-VLGEN_MALLOC=heap keeps XLA:CPU's step buffers mapped between steps
-(vlgen_jax/runtime.py); VLGEN_MALLOC=default (the default) leaves glibc as it is.
+VLGEN_MALLOC=heap keeps XLA:CPU's step buffers mapped between steps,
+VLGEN_MALLOC=arena also those larger than a thread heap (64 MiB), by one arena
+for all threads (vlgen_jax/runtime.py); VLGEN_MALLOC=default (the default)
+leaves glibc as it is.
 This runs the same short `vlgen train` once per setting per round, alternating
 (A, B, A, B, ...) so load on a shared box hits both alike, and reports each
 run's median logged step time (first log left out: it holds the compile),
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
                  help="NAME=ENV=VALUE[,ENV=VALUE]: another setting to compare")
   a = p.parse_args(argv)
 
-  modes = {"default": {"VLGEN_MALLOC": "default"}, "heap": {"VLGEN_MALLOC": "heap"}}
+  modes = {m: {"VLGEN_MALLOC": m} for m in ("default", "heap", "arena")}
   for spec in a.mode:
     name, _, assigns = spec.partition("=")
     modes[name] = dict(x.split("=", 1) for x in assigns.split(",") if x)
