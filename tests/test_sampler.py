@@ -58,6 +58,26 @@ def test_top_p_keeps_exactly_the_smallest_nucleus():
   np.testing.assert_array_equal(both, [[1, 0, 0, 0], [0, 0, 0, 1]])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kth_largest_equals_lax_top_k(dtype):
+  rng = np.random.default_rng(0)
+  for trial in range(40):
+    v = int(rng.integers(1, 700))
+    k = int(rng.integers(1, v + 1))
+    x = rng.standard_normal((3, v)) * rng.choice([1e-3, 1.0, 1e3])
+    if trial % 3 == 0:
+      x = np.round(x)  # ties, the k-th among them
+    if trial % 5 == 0:
+      x[:, rng.integers(0, v, size=v // 3)] = -np.inf
+    if trial % 7 == 0:
+      x[0, : v // 2] = -0.0
+    x = jnp.asarray(x, dtype)
+    want = jax.lax.top_k(x, k)[0][..., -1:]
+    got = sampler.kth_largest(x, k)
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
 def test_top_p_samples_only_from_the_nucleus():
   logits = jnp.log(jnp.asarray([[0.4, 0.35, 0.2, 0.05]] * 4000))
   keys = sampler.image_keys(3, 0, 4000)

@@ -110,6 +110,32 @@ def default_sample_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(SamplingOptions()))
 
 
+def kth_largest(values, k: int):
+  """The k-th largest of `values` (..., V) along the last axis, keepdims.
+
+  Equals `lax.top_k(values, k)[0][..., -1:]` without sorting: XLA:CPU runs
+  top_k as a sort with a called comparator, which was 30% of a batch-8 decode
+  step of the 7.7M-param sampling benchmark. The float32 values map to
+  uint32 keys with the same order, and the largest key t with
+  count(keys >= t) >= k is found bit by bit from the top (32 passes of one
+  compare and count over V); that t is the k-th largest key exactly.
+  """
+  x = values.astype(jnp.float32)
+  x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 == 0.0: one key for both
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  negative = (bits >> 31) == 1
+  keys = jnp.where(negative, ~bits, bits | jnp.uint32(1 << 31))
+
+  def bit(i, t):
+    candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    enough = jnp.sum(keys >= candidate, axis=-1, keepdims=True) >= k
+    return jnp.where(enough, candidate, t)
+
+  t = jax.lax.fori_loop(0, 32, bit, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32))
+  t_bits = jnp.where((t >> 31) == 1, t & jnp.uint32(0x7FFFFFFF), ~t)
+  return jax.lax.bitcast_convert_type(t_bits, jnp.float32).astype(values.dtype)
+
+
 def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   """Sets logits outside the top-k and outside the top-p nucleus to -inf.
 
@@ -118,7 +144,7 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   order) is < top_p.
   """
   if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    kth = kth_largest(logits, top_k)
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
