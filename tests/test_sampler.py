@@ -76,6 +76,9 @@ def test_kth_largest_equals_lax_top_k(dtype):
     got = sampler.kth_largest(x, k)
     assert got.dtype == x.dtype
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  x = jnp.asarray([[0.5, -1.0, 2.0]], dtype)
+  assert np.isfinite(np.asarray(sampler.filter_logits(x, top_k=3), np.float32)).all()
+  assert np.isfinite(np.asarray(sampler.filter_logits(x, top_k=7), np.float32)).all()
 
 
 def test_top_p_samples_only_from_the_nucleus():

@@ -143,7 +143,7 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   is >= top_p: an id is kept when the mass strictly before it (in descending
   order) is < top_p.
   """
-  if top_k:
+  if 0 < top_k < logits.shape[-1]:  # k >= V keeps every id
     kth = kth_largest(logits, top_k)
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
