@@ -63,6 +63,7 @@ def parse(argv):
   p.add_argument("--modes", default="cached", help="cached,full")
   p.add_argument("--decoding", default="ar,jacobi")
   p.add_argument("--draft-len", type=int, default=16)
+  p.add_argument("--unroll", default="1", help="AR decode-loop unrolls to compare, e.g. 1,8")
   p.add_argument("--cfg", default="1,3", help="guidance scales to run (1 = off)")
   p.add_argument("--plausibility", default="0", help="plausibility floors, e.g. 0,0.3")
   p.add_argument("--top-k", type=int, default=100)
@@ -137,21 +138,24 @@ def main(argv=None) -> int:
   rows = []
   cfgs = [float(c) for c in args.cfg.split(",")]
   floors = [float(a) for a in args.plausibility.split(",")]
+  unrolls = [int(u) for u in args.unroll.split(",")]
   for bs in [int(b) for b in args.batch_sizes.split(",")]:
     text_np = np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len))
     text = jnp.asarray(text_np, jnp.int32)
     variants = []
-    for mode, decoding, cfg, floor in itertools.product(
-        args.modes.split(","), args.decoding.split(","), cfgs, floors):
+    for mode, decoding, cfg, floor, unroll in itertools.product(
+        args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls):
       if (mode == "full" and (bs > args.full_max_batch or decoding != "ar")):
         continue
+      if unroll != 1 and (mode, decoding) != ("cached", "ar"):
+        continue  # only the cached AR loop unrolls
       opts = sampler.SamplingOptions(temperature=1.0, top_k=args.top_k, cfg_scale=cfg,
                                      plausibility=floor, decoding=decoding,
-                                     draft_len=args.draft_len)
+                                     draft_len=args.draft_len, unroll=unroll)
       fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"),
                                 with_calls=True)
       row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
-             "plausibility": floor, "batch": bs}
+             "plausibility": floor, "unroll": unroll, "batch": bs}
       variants.append((row, lambda r, fn=fn: fn(params, text, sampler.image_keys(r, 0, bs))))
     if ref is not None:
       text_t = torch.as_tensor(text_np, dtype=torch.long)
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
         floor_s = row["calls"] * (param_bytes + cache_bytes) / bw
         row.update(floor_s=floor_s, ratio_to_floor=t / floor_s)
       rows.append(row)
-      print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} cfg={row['cfg_scale']:<3g} "
+      print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} u={row.get('unroll', 1):<2d} "
+            f"cfg={row['cfg_scale']:<3g} "
             f"a={row['plausibility']:<4g} batch={bs:<3d} {t*1e3:9.1f} ms  "
             f"calls {calls:6.1f}  {row['ms_per_call']:7.2f} ms/call  "
             f"{row['us_per_token']:8.1f} us/token  {row['tokens_per_s']:8.0f} tok/s"
@@ -205,20 +210,22 @@ def main(argv=None) -> int:
   def find(**kw):
     return next((r for r in rows if all(r[k] == v for k, v in kw.items())), None)
 
-  base = dict(mode="cached", plausibility=floors[0])
+  base = dict(mode="cached", plausibility=floors[0], unroll=unrolls[0])
   summary = {}
   for r in rows:
     b, cfg = r["batch"], r["cfg_scale"]
+    u = f"_unroll{r['unroll']}" if r.get("unroll", 1) != 1 else ""
     if r["impl"] == "jax" and r["mode"] == "cached" and r["decoding"] == "ar":
       b8 = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=8, **base)
       if b8 and r["plausibility"] == floors[0]:
-        summary[f"token_time_vs_batch8_b{b}_cfg{cfg:g}"] = r["us_per_token"] / b8["us_per_token"]
-      plain = find(impl="jax", decoding="ar", cfg_scale=1.0, batch=b, **base)
+        summary[f"token_time_vs_batch8_b{b}_cfg{cfg:g}{u}"] = r["us_per_token"] / b8["us_per_token"]
+      plain = find(impl="jax", decoding="ar", cfg_scale=1.0, batch=b,
+                   **{**base, "unroll": r["unroll"]})
       if plain and cfg != 1.0 and r["plausibility"] == floors[0]:
-        summary[f"cfg_cost_b{b}_cfg{cfg:g}"] = r["seconds"] / plain["seconds"]
+        summary[f"cfg_cost_b{b}_cfg{cfg:g}{u}"] = r["seconds"] / plain["seconds"]
       t = find(impl="torch", cfg_scale=cfg, batch=b)
       if t and r["plausibility"] == floors[0]:
-        summary[f"jax_vs_torch_speedup_b{b}_cfg{cfg:g}"] = t["seconds"] / r["seconds"]
+        summary[f"jax_vs_torch_speedup_b{b}_cfg{cfg:g}{u}"] = t["seconds"] / r["seconds"]
       full = find(impl="jax", mode="full", decoding="ar", cfg_scale=cfg, batch=b,
                   plausibility=r["plausibility"])
       if full:
@@ -235,7 +242,8 @@ def main(argv=None) -> int:
   print("\n| impl | decoding | cfg | plausibility | batch | ms per batch | calls per image | "
         "ms per call | µs per token | tokens/s | images/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']} | "
+    unrolled = f" (unroll {r['unroll']})" if r.get("unroll", 1) != 1 else ""
+    print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']}{unrolled} | "
           f"{r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | {r['seconds']*1e3:.0f} | "
           f"{r['calls']:.1f} | {r['ms_per_call']:.2f} | {r['us_per_token']:.1f} | "
           f"{r['tokens_per_s']:.0f} | {r['images_per_s']:.2f} |")

@@ -1,5 +1,6 @@
 """Sampler: filtering rules, greedy limits, CFG, seeds, padded ids, cache vs
 full recompute, and sharded == single device."""
+import dataclasses
 import functools
 
 import jax
@@ -88,6 +89,12 @@ def test_top_p_samples_only_from_the_nucleus():
   counts = np.bincount(tokens, minlength=4) / tokens.size
   assert counts[2] == 0 and counts[3] == 0
   np.testing.assert_allclose(counts[:2], [0.4 / 0.75, 0.35 / 0.75], atol=0.03)
+
+
+def test_unrolled_decode_loop_draws_the_same_tokens(tiny):
+  opts = SamplingOptions(temperature=1.0, top_k=8, cfg_scale=2.0)
+  np.testing.assert_array_equal(
+      _run(tiny, dataclasses.replace(opts, unroll=4), seed=3), _run(tiny, opts, seed=3))
 
 
 def test_top_k_1_and_temperature_to_zero_equal_greedy(tiny):
@@ -202,6 +209,7 @@ def test_sampled_codes_are_plausible_given_the_caption(tiny, cfg_scale):
     (dict(top_p=0.0), "top-p must be in \\(0, 1\\]"),
     (dict(top_p=1.5), "top-p must be in \\(0, 1\\]"),
     (dict(top_k=-1), "top-k must be a non-negative integer"),
+    (dict(unroll=0), "unroll must be a positive integer"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
     (dict(cfg_schedule="cosine"), "cfg schedule must be one of"),
     (dict(plausibility=1.0), "plausibility must be in \\[0, 1\\)"),

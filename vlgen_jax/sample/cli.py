@@ -68,6 +68,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--draft-len", type=int, default=None,
                       help="Jacobi window: draft tokens per decoder call (default: the run's "
                            "config, else 16)")
+  parser.add_argument("--unroll", type=int, default=None,
+                      help="AR: tokens per decode-loop iteration; shares each layer's weight "
+                           "copies among them (faster steps, longer compile; same tokens)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="sampling compute dtype; bfloat16 also casts the weight matrices "
                            "(default: the run's config.dtype)")
@@ -91,7 +94,7 @@ def sampling_overrides(args) -> dict:
               cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
               plausibility=args.plausibility, steps=args.steps,
               mask_schedule=args.mask_schedule, choice_temperature=args.choice_temperature,
-              decoding=args.decoding, draft_len=args.draft_len)
+              decoding=args.decoding, draft_len=args.draft_len, unroll=args.unroll)
 
 
 def run(args) -> int:
