@@ -63,8 +63,8 @@ class SamplingOptions:
   draft_len: int = 16
   # AR: tokens per iteration of the decode loop. Each iteration copies every
   # layer's weights out of the stacked (scanned) params; unrolling shares
-  # those copies among `unroll` tokens (batch 8 on a 2-core CPU: 1.35x faster,
-  # compile 2.3x longer; docs/sampling.md). Same tokens for any value.
+  # those copies among `unroll` tokens (8 on a 2-core CPU: 1.32x faster at
+  # batch 8, 2.5x the compile time; docs/sampling.md). Same tokens for any value.
   unroll: int = 1
 
   def validate(self) -> "SamplingOptions":
@@ -121,8 +121,8 @@ def kth_largest(values, k: int):
   """The k-th largest of `values` (..., V) along the last axis, keepdims.
 
   Equals `lax.top_k(values, k)[0][..., -1:]` without sorting: XLA:CPU runs
-  top_k as a sort with a called comparator, which was 30% of a batch-8 decode
-  step of the 7.7M-param sampling benchmark. The float32 values map to
+  top_k as a sort with a called comparator, which was a quarter of a batch-8
+  decode step of the 7.7M-param sampling benchmark. The float32 values map to
   uint32 keys with the same order, and the largest key t with
   count(keys >= t) >= k is found bit by bit from the top (32 passes of one
   compare and count over V); that t is the k-th largest key exactly.
