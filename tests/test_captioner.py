@@ -14,6 +14,7 @@ from vlgen_jax.model.captioner import Model
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.sample import captioner as lib
 from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from vlgen_jax.vq.model import VQConfig
 
 # A small text vocabulary (28 real ids) so random-init captions end early and
 # beams compete over a handful of ids.
@@ -24,7 +25,11 @@ VARIANTS = {
     "learned": dict(image_positions="learned_2d", text_positions="learned"),
     "rope_appearance": dict(image_positions="rope_2d", text_positions="rope", qk_norm=True,
                             code_embedding="appearance", code_feature_dim=12),
+    "decoded": dict(code_embedding="decoded"),
 }
+# The VQ that renders the grid for code_embedding="decoded" (random weights).
+TINY_VQ = VQConfig(ch=8, ch_mult=(1,), num_res_blocks=1, z_channels=8, norm_groups=4,
+                   patch_size=4, num_mid_blocks=0, num_codes=40, code_dim=4)
 
 
 def _text():
@@ -44,7 +49,7 @@ def _images(n, seed=0):
 def _setup(variant: str):
   spec = ModelSpec(**BASE, **VARIANTS[variant])
   spec.validate()
-  model = Model(spec)
+  model = Model(spec, TINY_VQ if spec.code_embedding == "decoded" else None)
   params = jax.jit(model.init)(jax.random.key(0), _images(3), _text())["params"]
   if spec.code_embedding == "appearance":
     features = np.random.default_rng(2).uniform(size=(40, 12)).astype(np.float32)
@@ -147,9 +152,9 @@ def test_beam_search_finds_captions_at_least_as_likely_as_greedy():
   assert np.any(np.asarray(beam) > np.asarray(greedy) + 1e-4)  # and better on some
 
 
-@pytest.mark.parametrize("beam", [1, 3])
-def test_captions_do_not_depend_on_batch_composition(beam):
-  _, model, params = _setup("learned")
+@pytest.mark.parametrize("variant,beam", [("learned", 1), ("learned", 3), ("decoded", 1)])
+def test_captions_do_not_depend_on_batch_composition(variant, beam):
+  _, model, params = _setup(variant)
   images = _images(8, seed=5)
   fn = lib.make_captioner(model, beam_size=beam)
   tokens, scores = fn(params, images[:4])

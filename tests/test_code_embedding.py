@@ -145,3 +145,116 @@ def test_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
   assert sorted(losses["one"]) == [1, 2, 3]
   np.testing.assert_allclose([losses["mesh"][s] for s in (1, 2, 3)],
                              [losses["one"][s] for s in (1, 2, 3)], rtol=2e-5)
+
+
+# ---- code_embedding="decoded" (the captioner's image encoder) ----------------
+
+def _decoded():
+  from vlgen_jax.vq.model import VQConfig, VQModel
+  vq = VQConfig(ch=8, ch_mult=(1,), num_res_blocks=1, z_channels=8, norm_groups=4, patch_size=4,
+                num_mid_blocks=0, num_codes=10, code_dim=4)
+  spec = ModelSpec(**{**SPEC, "code_embedding": "decoded", "code_feature_dim": 0})
+  spec.validate()
+  module = code_embedding.DecodedCodes(spec, vq)
+  tokens = jnp.asarray([[1, 2, 3, 4], [9, 0, 5, 5]], jnp.int32)
+  params = flax.core.meta.unbox(module.init(jax.random.key(0), tokens,
+                                            method=code_embedding.DecodedCodes.embed)["params"])
+  # A VQ "run" with other weights than init: set_frozen_vq must copy them in.
+  vq_params = flax.core.meta.unbox(VQModel(vq).init(jax.random.key(3), jnp.zeros((1, 8, 8, 3)))
+                                   ["params"])
+  return spec, vq, module, code_embedding.set_frozen_vq(params, vq_params), vq_params, tokens
+
+
+def test_decoded_embeds_each_position_through_the_vq_rendering_of_the_grid():
+  from vlgen_jax.vq.model import VQModel, space_to_depth
+  spec, vq, module, params, vq_params, tokens = _decoded()
+  embed = lambda p, t: module.apply({"params": p}, t, method=module.embed)  # noqa: E731
+  out = embed(params, tokens)
+  pixels = VQModel(vq).apply({"params": vq_params}, tokens.reshape(2, 2, 2),
+                             method=VQModel.decode_indices)
+  patches = (np.clip(space_to_depth(pixels, 4).reshape(2, 4, 48), -1, 1) + 1) / 2
+  np.testing.assert_allclose(out, patches @ np.asarray(params["embed_proj"]["kernel"]),
+                             rtol=1e-5, atol=1e-5)
+  # Contextual: one code changed changes its neighbours' embeddings (3x3 convs).
+  other = embed(params, tokens.at[0, 1].set(7))
+  assert float(jnp.abs(other[0, 0] - out[0, 0]).max()) > 1e-4
+  # The "no image" id (image_vocab_size) gets a learned row at every position.
+  null = embed(params, jnp.full((1, 4), spec.image_vocab_size, jnp.int32))
+  np.testing.assert_array_equal(null[0], np.broadcast_to(params["special_embed"][0], (4, 16)))
+
+
+def test_decoded_vq_gets_no_gradient_and_is_frozen():
+  _, _, module, params, _, tokens = _decoded()
+  grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, tokens,
+                                                   method=module.embed) ** 2))(params)
+  vq_grads = jax.tree.leaves(grads[code_embedding.FROZEN_VQ])
+  assert vq_grads and all(float(jnp.abs(g).max()) == 0 for g in vq_grads)
+  assert float(jnp.abs(grads["embed_proj"]["kernel"]).max()) > 0
+  mask = code_embedding.features_mask(params)
+  assert all(jax.tree.leaves(mask[code_embedding.FROZEN_VQ]))
+  assert not mask["embed_proj"]["kernel"] and not mask["special_embed"]
+
+
+def _caption_args(demo, workdir, *extra):
+  from vlgen_jax.config import load_config
+  recipe = load_config(os.path.join(REPO_ROOT, "configs", "demo_tiny.py"), [])
+  return ["train", "--config", os.path.join(REPO_ROOT, "configs", "caption_shapes.py"),
+          "--workdir", str(workdir), f"--config.data.data_dir={demo / 'tokens'}",
+          f"--config.data.tokenizer={demo / 'text_tokenizer.model'}",
+          *[f"--config.{o}" for o in recipe.caption.overrides], *extra]
+
+
+def test_decoded_captioner_trains_with_the_token_datasets_vq_frozen(demo_tiny_dir, tmp_path):
+  from vlgen_jax.sample.captioner import Captioner
+  from vlgen_jax.shapes.captioning import shapes_split
+  from vlgen_jax.tasks.caption import load_vq_params
+  workdir = tmp_path / "caption"
+  assert cli.main(_caption_args(demo_tiny_dir, workdir, "--config.model.code_embedding=decoded",
+                                "--config.total_steps=3", "--config.checkpoint_every=1")) == 0
+  vq = load_vq_params(str(demo_tiny_dir / "vq"), None)
+  first, last = (checkpoint.load_params(str(workdir), s) for s in (1, 3))
+  for params in (first, last):
+    frozen = params["encoder"]["codes"][code_embedding.FROZEN_VQ]
+    assert set(frozen) == {"quantizer", "post_quant_conv", "decoder", "to_rgb"}
+    jax.tree.map(np.testing.assert_array_equal, frozen,
+                 {k: vq[k] for k in frozen})
+  assert not np.array_equal(first["encoder"]["codes"]["embed_proj"]["kernel"],
+                            last["encoder"]["codes"]["embed_proj"]["kernel"])
+  captioner = Captioner.load(str(workdir))
+  images, _ = shapes_split("validation", 3, captioner.vq.resolution)
+  captions, scores = captioner.caption(captioner.encode_images(images))
+  assert len(captions) == 3 and np.all(np.isfinite(scores))
+
+
+def test_decoded_needs_a_token_dataset_and_is_the_captioners_only(demo_tiny_dir, tmp_path, capsys):
+  rc = cli.main(demo_t2i_args(demo_tiny_dir, tmp_path / "t2i",
+                              "--config.model.code_embedding=decoded", "--config.total_steps=1"))
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "code_embedding='decoded'" in err and "\n" not in err
+  rc = cli.main(["train", "--config", os.path.join(REPO_ROOT, "configs", "caption_tiny.py"),
+                 "--workdir", str(tmp_path / "synthetic"), "--config.model.code_embedding=decoded",
+                 "--config.total_steps=1"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "vlgen encode" in err and "\n" not in err
+
+
+def test_decoded_captioner_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
+  """data x fsdp x tensor = 2x2x2 gives the single-device losses with the
+  frozen VQ inside the captioner's params."""
+  from trainer_helpers import train_losses
+  from vlgen_jax.train.trainer import train
+  args = _caption_args(demo_tiny_dir, tmp_path, "--config.total_steps=3",
+                       "--config.checkpoint_every=0", "--config.log_every=1")
+  overrides = args[args.index("--workdir") + 2:]
+  losses = {}
+  for name, mesh, devices in (("one", (1, 1, 1), jax.devices()[:1]),
+                              ("mesh", (2, 2, 2), jax.devices())):
+    config = load_config(os.path.join(REPO_ROOT, "configs/caption_shapes.py"), overrides + [
+        f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
+        f"--config.mesh.tensor={mesh[2]}"])
+    assert config.model.code_embedding == "decoded"
+    train(config, str(tmp_path / name), devices=devices)
+    losses[name] = train_losses(tmp_path / name)
+  assert sorted(losses["one"]) == [1, 2, 3]
+  np.testing.assert_allclose([losses["mesh"][s] for s in (1, 2, 3)],
+                             [losses["one"][s] for s in (1, 2, 3)], rtol=2e-5)

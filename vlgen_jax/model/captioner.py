@@ -32,13 +32,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.code_embedding import AppearanceCodes
+from vlgen_jax.model.code_embedding import AppearanceCodes, DecodedCodes
 from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, apply_layers,
                                            cross_kv_cache, decoder_stack)
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 from vlgen_jax.model.text_encoder import EncoderLayer
 from vlgen_jax.text.tokenizer import BOS_ID
+from vlgen_jax.vq.model import VQConfig
 
 Cache = dict[str, Any]
 
@@ -53,9 +54,11 @@ def null_images(spec: ModelSpec, batch: int):
 
 
 class ImageEncoder(nn.Module):
-  """Bidirectional transformer over the N = H'*W' codes of an image."""
+  """Bidirectional transformer over the N = H'*W' codes of an image. `vq`:
+  the VQ's architecture, for `code_embedding="decoded"` only."""
   spec: ModelSpec
   dtype: Any = jnp.float32
+  vq: VQConfig | None = None
 
   @nn.compact
   def __call__(self, image_tokens, *, deterministic: bool = True, remat: bool = False):
@@ -66,6 +69,10 @@ class ImageEncoder(nn.Module):
                        f"{s.num_image_tokens} ({s.image_grid[0]}x{s.image_grid[1]})")
     if s.code_embedding == "appearance":
       x = AppearanceCodes(s, self.dtype, with_logits=False, name="codes").embed(image_tokens)
+    elif s.code_embedding == "decoded":
+      if self.vq is None:
+        raise ValueError("code_embedding='decoded' needs the VQ's architecture (Model.vq)")
+      x = DecodedCodes(s, self.vq, self.dtype, name="codes").embed(image_tokens)
     else:
       x = layers.Embed(s.image_vocab_padded, s.d_model, ("vocab", "embed"), self.dtype,
                        name="token_embed")(image_tokens)
@@ -130,10 +137,11 @@ class TextDecoder(nn.Module):
 
 class Model(nn.Module):
   spec: ModelSpec
+  vq: VQConfig | None = None  # the VQ's architecture, for code_embedding="decoded"
 
   def setup(self):
     dtype = self.spec.compute_dtype()
-    self.encoder = ImageEncoder(self.spec, dtype)
+    self.encoder = ImageEncoder(self.spec, dtype, self.vq)
     self.decoder = TextDecoder(self.spec, dtype)
 
   def __call__(self, image_tokens, text_ids, train: bool = False):

@@ -25,6 +25,17 @@ uniform grid of one code: the latter put specks into backgrounds on shapes
 The features are set by the task at init from the token dataset
 (`TextToImageTask.init`) and never trained (`Task.frozen_params`, plus a
 stop_gradient here so they take no part in gradient clipping either).
+
+`DecodedCodes` (`code_embedding="decoded"`, the captioner's image encoder
+only) goes one step further: a position is embedded through *its own* p x p
+patch of the VQ decoder's rendering of the whole grid, not through the mean
+patch of its code. A code means different pixels in different neighbourhoods
+(the VQ decoder reads a 3x3 context), and a scene the VQ never saw in
+training is drawn with codes whose mean patches belong to other scenes: on
+shapes, a yellow square's codes average to jagged pieces of yellow circles
+and triangles, while the decoder still draws a square from them. The reader
+then sees what the detector and a person see. The VQ's decoding half is a
+frozen part of the params (`frozen_vq`, set from the VQ run at init).
 """
 from __future__ import annotations
 
@@ -36,8 +47,10 @@ import jax.numpy as jnp
 
 from vlgen_jax.model import layers
 from vlgen_jax.model.spec import ModelSpec
+from vlgen_jax.vq.model import VQConfig, VQModel, space_to_depth
 
 FEATURES = "code_features"  # param name, also how `frozen_params` finds it
+FROZEN_VQ = "frozen_vq"     # submodule name of `DecodedCodes`' VQ
 
 # Logits are (x . W f) * scale: x is RMS-normalised (|x| ~ sqrt(d)) and W f has
 # unit-scale entries at init, so 1/sqrt(d) keeps them O(1); 4 lets a trained
@@ -93,8 +106,41 @@ class AppearanceCodes(nn.Module):
     return jnp.pad(logits, pad)  # the decoder masks the non-code ids
 
 
+class DecodedCodes(nn.Module):
+  """`embed(tokens)` (B, N) -> (B, N, d): each position's patch of the VQ
+  decoder's rendering of the grid, in [0, 1], projected to d_model. Ids >=
+  image_vocab_size (the "no image" input) get learned rows."""
+  spec: ModelSpec
+  vq: VQConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    s = self.spec
+    self.frozen_vq = VQModel(self.vq, dtype=self.dtype, name=FROZEN_VQ)
+    self.embed_proj = layers.DenseGeneral((s.d_model,), (None, "embed"), dtype=self.dtype,
+                                          name="embed_proj")
+    self.special_embed = self.param(
+        "special_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+        (s.image_vocab_padded - s.image_vocab_size, s.d_model), jnp.float32)
+
+  def embed(self, tokens):
+    s, p = self.spec, self.vq.factor
+    h, w = s.image_grid
+    codes = jnp.clip(tokens, 0, s.image_vocab_size - 1).reshape(-1, h, w)
+    pixels = jax.lax.stop_gradient(self.frozen_vq.decode_indices(codes))  # [-1, 1]
+    patches = space_to_depth(pixels, p).reshape(tokens.shape[0], h * w, p * p * 3)
+    x = self.embed_proj(jnp.asarray((jnp.clip(patches, -1, 1) + 1) / 2, self.dtype))
+    special = jnp.take(jnp.asarray(self.special_embed, self.dtype),
+                       jnp.maximum(tokens - s.image_vocab_size, 0), axis=0)
+    return jnp.where((tokens >= s.image_vocab_size)[..., None], special, x)
+
+
 def _is_features(path) -> bool:
   return any(getattr(k, "key", None) == FEATURES for k in path)
+
+
+def _is_frozen(path) -> bool:
+  return any(getattr(k, "key", None) in (FEATURES, FROZEN_VQ) for k in path)
 
 
 def set_features(params, features):
@@ -110,5 +156,25 @@ def set_features(params, features):
 
 
 def features_mask(params):
-  """True for the `code_features` leaves (frozen), like `params`."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: _is_features(path), params)
+  """True for the frozen leaves (`code_features`, `frozen_vq`), like `params`."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _is_frozen(path), params)
+
+
+def set_frozen_vq(params, vq_params):
+  """`params` (boxed or not) with every leaf under `frozen_vq` taken from a VQ
+  run's params (`params["vq"]` of its checkpoint) at the same relative path."""
+  def put(path, leaf):
+    keys = [getattr(k, "key", None) for k in path]
+    if FROZEN_VQ not in keys:
+      return leaf
+    source = vq_params
+    for k in keys[keys.index(FROZEN_VQ) + 1:]:
+      source = source[k]
+    source = source.value if isinstance(source, nn.Partitioned) else source
+    target = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
+    if tuple(source.shape) != tuple(target.shape):
+      raise ValueError(f"VQ param {'/'.join(map(str, keys))}: {source.shape} vs {target.shape}")
+    value = jnp.asarray(source, target.dtype)
+    return leaf.replace_boxed(value) if isinstance(leaf, nn.Partitioned) else value
+  return jax.tree_util.tree_map_with_path(put, params,
+                                          is_leaf=lambda x: isinstance(x, nn.Partitioned))

@@ -21,9 +21,11 @@ MLPS = ("gelu", "swiglu", "relu2")
 IMAGE_POSITIONS = ("learned_2d", "rope_2d")
 TEXT_POSITIONS = ("learned", "rope")
 ATTENTION_IMPLS = ("xla", "cudnn")
-# How image codes are embedded and scored: a learned row per code, or linear
-# maps of each code's mean training patch (vlgen_jax/model/code_embedding.py).
-CODE_EMBEDDINGS = ("learned", "appearance")
+# How image codes are embedded and scored: a learned row per code, linear
+# maps of each code's mean training patch, or (the captioner's encoder only)
+# of each position's patch of the VQ decoder's rendering
+# (vlgen_jax/model/code_embedding.py).
+CODE_EMBEDDINGS = ("learned", "appearance", "decoded")
 
 
 def round_up(n: int, multiple: int) -> int:

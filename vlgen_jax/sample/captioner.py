@@ -250,7 +250,12 @@ class Captioner:
     run = find_caption_run(workdir)
     config = checkpoint.load_config(run)
     vq_run, tokenizer_path = run_parts(run, config, vq_workdir)
-    model = Model(ModelSpec.from_config(config))
+    spec = ModelSpec.from_config(config)
+    vq_config = None
+    if spec.code_embedding == "decoded":  # the rendering VQ's params are in the captioner's
+      from vlgen_jax.vq.model import VQConfig
+      vq_config = VQConfig.from_config(checkpoint.load_config(vq_run).model)
+    model = Model(spec, vq_config)
     params = checkpoint.load_params(run, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     return cls(run=run, config=config, model=model, params=params,
                tokenizer=TextTokenizer.from_file(tokenizer_path), vq_run=vq_run,

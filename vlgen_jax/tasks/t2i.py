@@ -42,11 +42,17 @@ class TextToImageTask(Task):
   family (`config.model.family`, vlgen_jax/tasks/families.py)."""
 
   handles_remat = True  # nn.remat inside nn.scan, from config.remat
+  # "decoded" embeds codes through the VQ decoder's rendering: an input-only
+  # embedding, for the captioner (tasks/caption.py).
+  CODE_EMBEDDINGS = ("learned", "appearance")
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     from vlgen_jax.tasks.families import get_family
     self.spec = ModelSpec.from_config(config)
+    if self.spec.code_embedding not in self.CODE_EMBEDDINGS:
+      raise UserError(f"config.model.code_embedding={self.spec.code_embedding!r} is not one of "
+                      f"this task's {self.CODE_EMBEDDINGS}")
     self.family = get_family(self.spec.family)
     self.model = self.family.build_model(self.spec)
     self.z_loss = float(config.model.z_loss)
