@@ -124,20 +124,16 @@ def test_wrong_feature_dim_or_no_token_features_are_one_line_errors(demo_tiny_di
   assert rc == 2 and "re-run vlgen encode" in err and "\n" not in err
 
 
-def test_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
-  """data x fsdp x tensor = 2x2x2 gives the single-device losses: the frozen
-  features and projections shard like any other params."""
-  import jax as _jax
+def _assert_sharded_losses_equal(args, tmp_path):
+  """Trains `vlgen train` args (3 steps) on one device and on data x fsdp x
+  tensor = 2x2x2; the losses must match. Returns the config."""
   from trainer_helpers import train_losses
   from vlgen_jax.train.trainer import train
-  args = _t2i_args(demo_tiny_dir, tmp_path, "--config.model.code_feature_dim=192",
-                   "--config.total_steps=3", "--config.checkpoint_every=0",
-                   "--config.log_every=1", "--config.sample_eval.num=0")
-  overrides = args[args.index("--workdir") + 2:]
+  config_path, overrides = args[args.index("--config") + 1], args[args.index("--workdir") + 2:]
   losses = {}
-  for name, mesh, devices in (("one", (1, 1, 1), _jax.devices()[:1]),
-                              ("mesh", (2, 2, 2), _jax.devices())):
-    config = load_config(os.path.join(REPO_ROOT, "configs/t2i_shapes.py"), overrides + [
+  for name, mesh, devices in (("one", (1, 1, 1), jax.devices()[:1]),
+                              ("mesh", (2, 2, 2), jax.devices())):
+    config = load_config(config_path, overrides + [
         f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
         f"--config.mesh.tensor={mesh[2]}"])
     train(config, str(tmp_path / name), devices=devices)
@@ -145,6 +141,16 @@ def test_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
   assert sorted(losses["one"]) == [1, 2, 3]
   np.testing.assert_allclose([losses["mesh"][s] for s in (1, 2, 3)],
                              [losses["one"][s] for s in (1, 2, 3)], rtol=2e-5)
+  return config
+
+
+def test_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
+  """data x fsdp x tensor = 2x2x2 gives the single-device losses: the frozen
+  features and projections shard like any other params."""
+  args = _t2i_args(demo_tiny_dir, tmp_path, "--config.model.code_feature_dim=192",
+                   "--config.total_steps=3", "--config.checkpoint_every=0",
+                   "--config.log_every=1", "--config.sample_eval.num=0")
+  _assert_sharded_losses_equal(args, tmp_path)
 
 
 # ---- code_embedding="decoded" (the captioner's image encoder) ----------------
@@ -241,20 +247,7 @@ def test_decoded_needs_a_token_dataset_and_is_the_captioners_only(demo_tiny_dir,
 def test_decoded_captioner_sharded_training_equals_single_device(demo_tiny_dir, tmp_path):
   """data x fsdp x tensor = 2x2x2 gives the single-device losses with the
   frozen VQ inside the captioner's params."""
-  from trainer_helpers import train_losses
-  from vlgen_jax.train.trainer import train
   args = _caption_args(demo_tiny_dir, tmp_path, "--config.total_steps=3",
                        "--config.checkpoint_every=0", "--config.log_every=1")
-  overrides = args[args.index("--workdir") + 2:]
-  losses = {}
-  for name, mesh, devices in (("one", (1, 1, 1), jax.devices()[:1]),
-                              ("mesh", (2, 2, 2), jax.devices())):
-    config = load_config(os.path.join(REPO_ROOT, "configs/caption_shapes.py"), overrides + [
-        f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
-        f"--config.mesh.tensor={mesh[2]}"])
-    assert config.model.code_embedding == "decoded"
-    train(config, str(tmp_path / name), devices=devices)
-    losses[name] = train_losses(tmp_path / name)
-  assert sorted(losses["one"]) == [1, 2, 3]
-  np.testing.assert_allclose([losses["mesh"][s] for s in (1, 2, 3)],
-                             [losses["one"][s] for s in (1, 2, 3)], rtol=2e-5)
+  config = _assert_sharded_losses_equal(args, tmp_path)
+  assert config.model.code_embedding == "decoded"

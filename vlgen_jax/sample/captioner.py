@@ -245,17 +245,15 @@ class Captioner:
   def load(cls, workdir: str, *, step: int | None = None, vq_workdir: str | None = None,
            batch_size: int = 64) -> "Captioner":
     from vlgen_jax.model.spec import ModelSpec
+    from vlgen_jax.tasks.caption import vq_architecture
     from vlgen_jax.text.tokenizer import TextTokenizer
     from vlgen_jax.train import checkpoint
     run = find_caption_run(workdir)
     config = checkpoint.load_config(run)
     vq_run, tokenizer_path = run_parts(run, config, vq_workdir)
     spec = ModelSpec.from_config(config)
-    vq_config = None
-    if spec.code_embedding == "decoded":  # the rendering VQ's params are in the captioner's
-      from vlgen_jax.vq.model import VQConfig
-      vq_config = VQConfig.from_config(checkpoint.load_config(vq_run).model)
-    model = Model(spec, vq_config)
+    # "decoded": the rendering VQ's params are in the captioner's; build its architecture.
+    model = Model(spec, vq_architecture(vq_run) if spec.code_embedding == "decoded" else None)
     params = checkpoint.load_params(run, step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     return cls(run=run, config=config, model=model, params=params,
                tokenizer=TextTokenizer.from_file(tokenizer_path), vq_run=vq_run,

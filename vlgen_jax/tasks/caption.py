@@ -44,21 +44,26 @@ def caption_targets(text_ids):
   return targets, targets != PAD_ID
 
 
+def vq_architecture(vq_run: str):
+  """The VQConfig of a VQ run (what `code_embedding="decoded"` builds)."""
+  from vlgen_jax.train import checkpoint
+  from vlgen_jax.vq.model import VQConfig
+  return VQConfig.from_config(checkpoint.load_config(vq_run).model)
+
+
 def decoded_vq(config) -> tuple[str, int | None, object]:
   """(VQ run, its step, VQConfig) that `code_embedding="decoded"` renders codes
   with: the run the token dataset records (`vlgen encode`)."""
   from vlgen_jax import runs
   from vlgen_jax.data import token_records
   from vlgen_jax.errors import UserError
-  from vlgen_jax.train import checkpoint
-  from vlgen_jax.vq.model import VQConfig
   vq_run = runs.recorded_vq_run(config)
   if not vq_run or not runs.is_run(vq_run):
     raise UserError("config.model.code_embedding='decoded' renders codes with the VQ run that "
                     f"encoded the token dataset, but {config.data.data_dir!r} records "
                     f"{vq_run or 'none'} (data.source must be 'tokens', made by `vlgen encode`)")
   step = token_records.read_info(config.data.data_dir)["meta"].get("vq_step")
-  return vq_run, step, VQConfig.from_config(checkpoint.load_config(vq_run).model)
+  return vq_run, step, vq_architecture(vq_run)
 
 
 def load_vq_params(vq_run: str, step: int | None):
@@ -77,17 +82,16 @@ class CaptionTask(TextToImageTask):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     from vlgen_jax.model import captioner
-    self.vq_run, self.vq_step, vq_config = "", None, None
-    self.vq_params = None
+    vq_config, self.vq_params = None, None
     if self.spec.code_embedding == "decoded":
-      self.vq_run, self.vq_step, vq_config = decoded_vq(config)
+      vq_run, vq_step, vq_config = decoded_vq(config)
       if vq_config.num_codes != self.spec.image_vocab_size:
         from vlgen_jax.errors import UserError
         raise UserError(f"config.model.image_vocab_size={self.spec.image_vocab_size} but the "
-                        f"VQ run {self.vq_run} has {vq_config.num_codes} codes")
+                        f"VQ run {vq_run} has {vq_config.num_codes} codes")
       # Read here, not in `init`: the trainer traces `init`, and a checkpoint
       # cannot be restored inside a trace.
-      self.vq_params = load_vq_params(self.vq_run, self.vq_step)
+      self.vq_params = load_vq_params(vq_run, vq_step)
     self.model = captioner.Model(self.spec, vq_config)
     self.word_dropout = float(config.model.get("word_dropout", 0.0))
     if not 0.0 <= self.word_dropout < 1.0:
@@ -103,12 +107,6 @@ class CaptionTask(TextToImageTask):
     if self.spec.code_embedding == "decoded":
       params = code_embedding.set_frozen_vq(params, self.vq_params)
     return params, {}
-
-  def frozen_params(self, params):
-    if self.spec.code_embedding not in ("appearance", "decoded"):
-      return None
-    from vlgen_jax.model import code_embedding
-    return code_embedding.features_mask(params)
 
   def loss(self, params, model_state, batch: dict, rng, *, train: bool):
     import jax

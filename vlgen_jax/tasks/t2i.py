@@ -153,7 +153,7 @@ class TextToImageTask(Task):
     return params, {}
 
   def frozen_params(self, params):
-    if self.spec.code_embedding != "appearance":
+    if self.spec.code_embedding == "learned":  # the others hold frozen leaves
       return None
     from vlgen_jax.model import code_embedding
     return code_embedding.features_mask(params)
