@@ -4,7 +4,8 @@ and R-precision (R = 100 by default), per split. Prints a table and one JSON
 object. Library: vlgen_jax/shapes/captioning.py; docs/captioning.md.
 
   python benchmarks/caption_shapes.py --workdir CAPTION_RUN --num 1000 \\
-      [--splits validation,heldout] [--pmi-weight 3 --plausibility 0.01] [--step S]
+      [--splits validation,heldout] [--pmi-weight 3 --plausibility 0.01] [--mask-previous]
+      [--step S]
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
   p.add_argument("--beam-size", type=int, default=1)
   p.add_argument("--pmi-weight", type=float, default=0.0)
   p.add_argument("--plausibility", type=float, default=0.0)
+  p.add_argument("--mask-previous", action="store_true",
+                 help="read each piece with the one before it hidden")
   p.add_argument("--R", type=int, default=100, help="R-precision's R (0: off)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json-out", default="")
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     row, _ = shapes_caption_eval(captioner, split, args.num, beam_size=args.beam_size,
                                  R=args.R, seed=args.seed, pmi_weight=args.pmi_weight,
-                                 plausibility=args.plausibility)
+                                 plausibility=args.plausibility,
+                                 mask_previous=args.mask_previous)
     row["seconds"] = time.perf_counter() - start
     rows.append(row)
   print(f"{'split':12s} {'n':>5s} {'fidelity':>8s} {'exact':>6s} {'R@1':>6s} {'R@5':>6s} {'s':>6s}")

@@ -9,8 +9,11 @@ pixels, not as the training scenes its codes came from. 10% of training
 images are dropped to the "no image" input, which teaches the caption prior
 used by PMI scoring. A quarter of the teacher-forced input pieces are
 replaced by UNK (word_dropout) so the next word has to come from the image,
-not from the words before it. Both choices are measured against their
-alternatives in docs/captioning.md.
+not from the words before it; the same training lets `vlgen caption` read
+each piece with the one before it hidden (caption.mask_previous), so a
+color-shape pair never seen in training is not vetoed by the word prior.
+These choices are measured against their alternatives in
+docs/captioning.md.
 
   vlgen train --config configs/caption_shapes.py --workdir W \\
       --config.data.data_dir=TOKENS_DIR --config.data.tokenizer=TOKENIZER.model
@@ -29,6 +32,7 @@ def get_config():
       mlp="relu2", unroll_layers=True, image_positions="learned_2d", qk_norm=False, dropout=0.0,
       code_embedding="decoded",
       z_loss=1e-4, cond_dropout=0.1, word_dropout=0.25)
+  c.caption.mask_previous = True
   c.batch_size = 32
   c.total_steps = 4000
   c.log_every = 250

@@ -48,14 +48,33 @@ def test_caption_images_writes_captions_tsv(demo, tmp_path, capsys):
   assert "1 unreadable files skipped" in capsys.readouterr().out
   rows = [line.split("\t") for line in (folder / "captions.tsv").read_text().splitlines()]
   assert [r[0] for r in rows] == names
-  # The same captions as the library on the same images.
+  # The same captions as the library on the same images, with the run's
+  # `config.caption` decoding defaults.
   captioner = Captioner.load(str(demo))
   images = [np.asarray(Image.open(folder / n).convert("RGB")) for n in names]
-  want, _ = captioner.caption(captioner.encode_images(images))
+  want, _ = captioner.caption(captioner.encode_images(images),
+                              mask_previous=captioner.config.caption.mask_previous)
   assert [r[1] for r in rows] == [" ".join(c.split()) for c in want]
   # A second run would overwrite the folder's captions.tsv: refused.
   assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder)]) == 2
   assert "captions.tsv exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, masked", [("--mask-previous", True),
+                                         ("--no-mask-previous", False)])
+def test_mask_previous_flag_overrides_the_config(demo, tmp_path, flag, masked):
+  folder = tmp_path / "images"
+  names = _render_folder(folder, n=4)
+  out = tmp_path / "captions.tsv"
+  assert cli.main(["caption", "--workdir", str(demo), "--images", str(folder), flag,
+                   "--output", str(out)]) == 0
+  captioner = Captioner.load(str(demo))
+  tokens = captioner.encode_images([np.asarray(Image.open(folder / n).convert("RGB"))
+                                    for n in names])
+  want, _ = captioner.caption(tokens, mask_previous=masked)
+  rows = [line.split("\t") for line in out.read_text().splitlines()]
+  assert [r[1] for r in rows] == [" ".join(c.split()) for c in want]
+  assert want != captioner.caption(tokens, mask_previous=not masked)[0]  # the flag matters
 
 
 def test_caption_token_dataset_with_references(demo, tmp_path, capsys):

@@ -13,7 +13,7 @@ from vlgen_jax.model import captioner, code_embedding
 from vlgen_jax.model.captioner import Model
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.sample import captioner as lib
-from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from vlgen_jax.vq.model import VQConfig
 
 # A small text vocabulary (28 real ids) so random-init captions end early and
@@ -163,3 +163,53 @@ def test_captions_do_not_depend_on_batch_composition(variant, beam):
   tokens2, scores2 = fn(params, mixed)
   np.testing.assert_array_equal(np.asarray(tokens2)[[2, 1]], np.asarray(tokens)[[0, 2]])
   np.testing.assert_allclose(np.asarray(scores2)[[2, 1]], np.asarray(scores)[[0, 2]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("guide", [dict(beam_size=1), dict(beam_size=3),
+                                   dict(beam_size=2, pmi_weight=1.0, plausibility=0.05)])
+def test_mask_previous_search_equals_full_recompute(guide):
+  _, model, params = _setup("learned")
+  images = _images(6, seed=3)
+  tokens, scores = lib.make_captioner(model, mask_previous=True, **guide)(params, images)
+  ref_tokens, ref_scores = lib.make_captioner(model, cached=False, mask_previous=True,
+                                              **guide)(params, images)
+  np.testing.assert_array_equal(tokens, ref_tokens)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+
+
+def test_mask_previous_greedy_reads_each_piece_with_the_one_before_hidden():
+  """Each piece of the greedy caption is the argmax of the full forward with
+  that step's input piece replaced by UNK (BOS kept); the score is the mean
+  of those log-probs. Some captions differ from plain greedy."""
+  spec, model, params = _setup("learned")
+  images = _images(16, seed=6)
+  tokens, scores = lib.make_captioner(model, mask_previous=True)(params, images)
+  tokens = np.asarray(tokens)
+  total, count = np.zeros(len(images)), np.zeros(len(images))
+  for t in range(spec.text_length - 1):
+    inputs = tokens.copy()
+    if t > 0:
+      inputs[:, t] = UNK_ID
+    logits = np.array(model.apply({"params": params}, images, inputs))[:, t]
+    lp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    if t == spec.text_length - 2:  # the last position can only close the caption
+      logits[:, np.arange(logits.shape[1]) != EOS_ID] = -np.inf
+    open_rows = ~np.any(tokens[:, 1:t + 1] == EOS_ID, axis=1)
+    np.testing.assert_array_equal(logits[open_rows].argmax(-1), tokens[open_rows, t + 1])
+    total += np.where(open_rows, lp[np.arange(len(images)), tokens[:, t + 1]], 0.0)
+    count += open_rows
+  np.testing.assert_allclose(scores, total / count, rtol=1e-5)
+  plain, _ = lib.make_captioner(model)(params, images)
+  assert not np.array_equal(tokens, np.asarray(plain))
+
+
+def test_mask_previous_needs_a_captioner_trained_with_word_dropout():
+  import ml_collections
+
+  from vlgen_jax.errors import UserError
+  _, model, params = _setup("learned")
+  config = ml_collections.ConfigDict({"model": {"word_dropout": 0.0}})
+  run = lib.Captioner(run="RUN", config=config, model=model, params=params, tokenizer=None,
+                      vq_run="VQ")
+  with pytest.raises(UserError, match="word_dropout > 0; RUN was trained without"):
+    run.caption(_images(2), mask_previous=True)

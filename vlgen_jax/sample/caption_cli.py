@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--plausibility", type=float, default=None,
                       help="with --pmi-weight: only ids with p(c|image) >= this fraction of "
                            "the most likely id's (default: config.caption.plausibility)")
+  parser.add_argument("--mask-previous", action=argparse.BooleanOptionalAction, default=None,
+                      help="read each piece with the one before it hidden (a captioner trained "
+                           "with word dropout; default: config.caption.mask_previous)")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
   parser.add_argument("--vq-workdir", default=None, help="VQ run (default: the run's own)")
@@ -90,6 +93,8 @@ def run(args) -> int:
   beam = args.beam_size if args.beam_size is not None else defaults.beam_size
   pmi_weight = args.pmi_weight if args.pmi_weight is not None else defaults.pmi_weight
   plausibility = args.plausibility if args.plausibility is not None else defaults.plausibility
+  mask_previous = (args.mask_previous if args.mask_previous is not None
+                   else defaults.get("mask_previous", False))
   start = time.perf_counter()
   if args.images:
     names, images, skipped = read_images(args.images)
@@ -107,7 +112,7 @@ def run(args) -> int:
     references = [c for _, c in records]
     names, skipped = [str(i) for i in range(n)], 0
   captions, _ = captioner.caption(tokens, beam_size=beam, pmi_weight=pmi_weight,
-                                  plausibility=plausibility)
+                                  plausibility=plausibility, mask_previous=mask_previous)
   seconds = time.perf_counter() - start
   if references is None:
     write_tsv(output, zip(names, captions))

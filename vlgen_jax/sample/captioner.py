@@ -19,6 +19,16 @@ p(c|i) >= a * max p(c|i) (contrastive decoding's plausibility floor); the
 lets image evidence override a caption prior learned from correlations
 (on shapes: "yellow" was never followed by "square" in training).
 
+Reading each piece without the one before it (`mask_previous`): step t's
+ids come from the decoder with the piece at t replaced by UNK (earlier
+pieces stay visible), so a pair of words never seen together in training
+("yellow square") is not vetoed by the bigram prior. The cache still holds
+the real piece at t for later steps, so each step runs `decode_step` twice
+(real piece: cache; UNK: logits). It needs a captioner trained with word
+dropout (`config.model.word_dropout` > 0), which is what taught the decoder
+to read UNK as "a piece I cannot see". The objective, and so the returned
+score, is then the sum of these masked log-probs, not `score`.
+
 Scores (`score`, `score_candidates`): the length-normalised log p(caption |
 image), or with `pmi=True` the pointwise mutual information
   (log p(c | image) - log p(c | no image)) / n,
@@ -37,7 +47,7 @@ import numpy as np
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.model import captioner
-from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 Model = captioner.Model
 
@@ -131,13 +141,22 @@ def guided_log_probs(logp, logp_prior, pmi_weight: float, plausibility: float):
   return out
 
 
+def _hide_current(tokens, position):
+  """tokens (B, L) with the piece at `position` replaced by UNK (BOS, at 0, stays)."""
+  token = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
+  hidden = jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
+  return jax.lax.dynamic_update_index_in_dim(tokens, hidden, position, axis=1)
+
+
 def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool = True,
-                pmi_weight: float = 0.0, plausibility: float = 0.0):
+                pmi_weight: float = 0.0, plausibility: float = 0.0, mask_previous: bool = False):
   """image_tokens (B, N) -> (text_ids (B, L) int32 `BOS ... EOS PAD...`,
   normalised scores (B,) fp32: log-probs, or with `pmi_weight` > 0 the guided
   objective of `guided_log_probs`, whose prior rows run as a second half of
-  the batch). `cached=False` recomputes the full decoder forward over the
-  whole sequence at every step (the reference for tests)."""
+  the batch; `mask_previous`: each step reads the decoder with its input
+  piece hidden, module docstring). `cached=False` recomputes the full
+  decoder forward over the whole sequence at every step (the reference for
+  tests)."""
   spec = model.spec
   batch, width = image_tokens.shape[0], beam_size
   steps = captioner.decode_length(spec)
@@ -163,8 +182,14 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
       token = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
       logits, cache = model.apply(variables, both(token), position, cache,
                                   method=Model.decode_step)
+      if mask_previous:
+        # The cache keeps the real piece; this call's cache (UNK at `position`) is dropped.
+        hidden = jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
+        logits, _ = model.apply(variables, both(hidden), position, cache,
+                                method=Model.decode_step)
     else:
-      logits = model.apply(variables, encoded, mask, both(tokens), method=Model.caption_logits)
+      inputs = _hide_current(tokens, position) if mask_previous else tokens
+      logits = model.apply(variables, encoded, mask, both(inputs), method=Model.caption_logits)
       logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
     logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     if guided:
@@ -194,10 +219,11 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
 
 
 def make_captioner(model, *, beam_size: int = 1, cached: bool = True, pmi_weight: float = 0.0,
-                   plausibility: float = 0.0):
+                   plausibility: float = 0.0, mask_previous: bool = False):
   """Jitted `fn(params, image_tokens) -> (text_ids, scores)`."""
   return jax.jit(functools.partial(beam_search, model, beam_size=beam_size, cached=cached,
-                                   pmi_weight=pmi_weight, plausibility=plausibility))
+                                   pmi_weight=pmi_weight, plausibility=plausibility,
+                                   mask_previous=mask_previous))
 
 
 def make_scorer(model, *, pmi: bool = False):
@@ -310,16 +336,21 @@ class Captioner:
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
   def caption(self, image_tokens, *, beam_size: int = 1, pmi_weight: float = 0.0,
-              plausibility: float = 0.0) -> tuple[list[str], np.ndarray]:
+              plausibility: float = 0.0, mask_previous: bool = False
+              ) -> tuple[list[str], np.ndarray]:
     """Captions of images (n, N) tokens and their normalised scores."""
     if int(beam_size) != beam_size or beam_size < 1:
       raise UserError(f"beam size must be a positive integer, got {beam_size}")
     if not pmi_weight >= 0 or not 0 <= plausibility < 1:
       raise UserError(f"PMI weight must be >= 0 and plausibility in [0, 1), got {pmi_weight}, "
                       f"{plausibility}")
-    key = ("caption", beam_size, pmi_weight, plausibility)
+    if mask_previous and not self.config.model.get("word_dropout", 0.0) > 0:
+      raise UserError(f"reading pieces with the previous one hidden needs a captioner trained "
+                      f"with config.model.word_dropout > 0; {self.run} was trained without")
+    key = ("caption", beam_size, pmi_weight, plausibility, bool(mask_previous))
     fn = self._fn(key, lambda: make_captioner(self.model, beam_size=int(beam_size),
-                                              pmi_weight=pmi_weight, plausibility=plausibility))
+                                              pmi_weight=pmi_weight, plausibility=plausibility,
+                                              mask_previous=bool(mask_previous)))
     ids, scores = self._batched(fn, np.asarray(image_tokens, np.int32))
     return self.tokenizer.decode_batch(ids), scores
 

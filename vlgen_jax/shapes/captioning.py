@@ -32,15 +32,16 @@ def shapes_split(split: str, num: int, resolution: int):
 
 def shapes_caption_eval(captioner, split: str, num: int, *, beam_size: int = 1, R: int = 100,
                         seed: int = 0, pmi: bool = True, pmi_weight: float = 0.0,
-                        plausibility: float = 0.0) -> tuple[dict, list[str]]:
+                        plausibility: float = 0.0, mask_previous: bool = False
+                        ) -> tuple[dict, list[str]]:
   """(caption fidelity, exact match and (R > 0) R-precision on a shapes split,
   the generated captions)."""
   images, references = shapes_split(split, num, captioner.vq.resolution)
   tokens = captioner.encode_images(images)
   captions, _ = captioner.caption(tokens, beam_size=beam_size, pmi_weight=pmi_weight,
-                                  plausibility=plausibility)
+                                  plausibility=plausibility, mask_previous=mask_previous)
   out = {"split": split, "n": num, "beam_size": beam_size, "pmi_weight": pmi_weight,
-         "plausibility": plausibility,
+         "plausibility": plausibility, "mask_previous": mask_previous,
          "caption_fidelity": float(np.mean([satisfies(i, c) for i, c in zip(images, captions)])),
          "exact_match": float(np.mean([c == r for c, r in zip(captions, references)]))}
   if R:

@@ -125,6 +125,8 @@ def caption_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   # from the words before it.
   c.model.word_dropout = 0.0
   # `vlgen caption` defaults (flags override): beam 1 = greedy; pmi_weight 0 =
-  # plain likelihood (vlgen_jax/sample/captioner.py, PMI-guided decoding).
-  c.caption = ml_collections.ConfigDict({"beam_size": 1, "pmi_weight": 0.0, "plausibility": 0.0})
+  # plain likelihood; mask_previous reads each piece with the one before it
+  # hidden (needs word_dropout > 0). vlgen_jax/sample/captioner.py has both.
+  c.caption = ml_collections.ConfigDict({"beam_size": 1, "pmi_weight": 0.0, "plausibility": 0.0,
+                                         "mask_previous": False})
   return c
