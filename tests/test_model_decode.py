@@ -2,6 +2,7 @@
 decode API is consistent with it."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +88,42 @@ def test_cached_decode_equals_full_forward(variant):
   assert np.all(rel <= 1e-5), f"relative error per row and position:\n{rel}"
   # BOS and vocabulary padding are never predicted.
   assert np.all(full[..., k:] == MASKED_LOGIT) and np.all(stepped[..., k:] == MASKED_LOGIT)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_decode_params_split_layers_change_no_logit_and_no_draw(variant):
+  """`Model.decode_params` (the decoder's stacked layers split once, as
+  decode loops pass them) gives the stacked params' step logits, and the
+  sampler draws the same tokens with it as without it."""
+  model, params, fns = _setup(variant)
+  split = model.decode_params(params)
+  layers = split["decoder"]["layers"]
+  assert sorted(layers) == ["layer_0", "layer_1"]
+  stacked_wi = nn.unbox(params["decoder"]["layers"])["mlp"]["wi"]["kernel"]
+  np.testing.assert_array_equal(layers["layer_1"]["mlp"]["wi"]["kernel"], stacked_wi[1])
+  assert model.decode_params(split)["decoder"]["layers"] is layers  # idempotent
+  text = _text()
+  tokens = np.random.default_rng(5).integers(0, model.spec.image_vocab_size, (3, 12))
+  inputs = np.asarray(decoder_inputs(jnp.asarray(tokens, jnp.int32), model.spec.image_bos_id))
+  encoded, mask = fns["encode"](params, text)
+  stepped = []
+  for p in (params, split):
+    cache = fns["init_cache"](params, encoded, mask)
+    logits = []
+    for position in range(12):
+      out, cache = fns["step"](p, inputs[:, position], jnp.int32(position), cache)
+      logits.append(np.asarray(out))
+    stepped.append(np.stack(logits, axis=1))
+  np.testing.assert_allclose(stepped[1], stepped[0], rtol=1e-6, atol=1e-6)
+
+  class StackedModel(Model):
+    decode_params = None  # the sampler then passes the stacked params to every step
+
+  options = SamplingOptions(temperature=1.0, top_k=10)
+  keys = jax.random.split(jax.random.key(1), 3)
+  drawn = make_sampler(model, options)(params, text, keys)
+  reference = make_sampler(StackedModel(model.spec), options)(params, text, keys)
+  np.testing.assert_array_equal(np.asarray(drawn), np.asarray(reference))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from vlgen_jax.model import layers
 from vlgen_jax.model.code_embedding import AppearanceCodes, DecodedCodes
 from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, apply_layers,
-                                           cross_kv_cache, decoder_stack)
+                                           cross_kv_cache, decoder_stack,
+                                           unstack_decoder_layers)
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 from vlgen_jax.model.text_encoder import EncoderLayer
@@ -170,6 +171,11 @@ class Model(nn.Module):
                           for _ in range(s.decoder_layers))
     return {"self_k": empty(), "self_v": empty(), "cross_k": cross_k, "cross_v": cross_v,
             "image_mask": image_mask}
+
+  def decode_params(self, params):
+    """`params` as decode loops pass them to `decode_step`: the decoder's
+    layers split once, outside the loop (`unstack_decoder_layers`)."""
+    return unstack_decoder_layers(params, self.spec.decoder_layers)
 
   def decode_step(self, token, position, cache: Cache):
     """token (B,) int at sequence index `position` (scalar) -> (fp32 logits (B, V), cache)."""

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.image_decoder import CACHE_AXES, ImageDecoder
+from vlgen_jax.model.image_decoder import CACHE_AXES, ImageDecoder, unstack_decoder_layers
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.text_encoder import TextEncoder
 
@@ -65,6 +65,11 @@ class Model(nn.Module):
   def prefill(self, text_ids) -> Cache:
     """text_ids (B, L) -> the decode cache (text encoded, cross K/V computed)."""
     return self.init_cache(*self.encode_text(text_ids))
+
+  def decode_params(self, params):
+    """`params` as decode loops pass them to `decode_step` / `decode_window`:
+    the decoder's layers split once, outside the loop (`unstack_decoder_layers`)."""
+    return unstack_decoder_layers(params, self.spec.decoder_layers)
 
   def decode_step(self, token, position, cache: Cache):
     """token (B,) int at sequence index `position` (scalar) -> (fp32 logits (B, V), cache)."""

@@ -47,6 +47,7 @@ import numpy as np
 
 from vlgen_jax.errors import UserError
 from vlgen_jax.model import captioner
+from vlgen_jax.sample.sampler import decode_variables
 from vlgen_jax.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 Model = captioner.Model
@@ -170,6 +171,7 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
   rows = batch * width
   vocab = spec.text_vocab_padded
   cache = (model.apply(variables, encoded, mask, method=Model.init_cache) if cached else {})
+  step_variables = decode_variables(model, params) if cached else variables
   tokens = jnp.full((rows, steps + 1), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
   # Only beam 0 is live at the start, so the first step's top W are distinct.
   scores = jnp.tile(jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf), (batch, 1))
@@ -180,12 +182,12 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
     tokens, scores, finished, cache = carry
     if cached:
       token = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
-      logits, cache = model.apply(variables, both(token), position, cache,
+      logits, cache = model.apply(step_variables, both(token), position, cache,
                                   method=Model.decode_step)
       if mask_previous:
         # The cache keeps the real piece; this call's cache (UNK at `position`) is dropped.
         hidden = jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
-        logits, _ = model.apply(variables, both(hidden), position, cache,
+        logits, _ = model.apply(step_variables, both(hidden), position, cache,
                                 method=Model.decode_step)
     else:
       inputs = _hide_current(tokens, position) if mask_previous else tokens

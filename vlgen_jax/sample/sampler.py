@@ -219,6 +219,15 @@ def next_token_logits(logits, batch: int, guided: bool, options: SamplingOptions
   return mixed
 
 
+def decode_variables(model, params):
+  """Variables for a decode loop's steps: the params as the model's
+  `decode_params` prepares them, once, outside the loop (the enc-dec decoder
+  splits its stacked layers; XLA:CPU would otherwise copy every layer's
+  weights at every token). Models without it get `params` as they are."""
+  prepare = getattr(model, "decode_params", None)
+  return {"params": prepare(params) if prepare is not None else params}
+
+
 def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
                   empty_caption=None, known=None, keep=None, force_guidance: bool = False):
   """text_ids (B, L) int32, keys (B,) -> image tokens (B, N) int32, with the KV cache.
@@ -237,11 +246,12 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   text_ids = guided_text_ids(text_ids, empty_caption, guided)
   variables = {"params": params}
   cache = model.apply(variables, text_ids, method="prefill")
+  step_variables = decode_variables(model, params)
 
   def step(carry, position):
     token, cache = carry
     inputs = jnp.concatenate([token, token]) if guided else token
-    logits, cache = model.apply(variables, inputs, position, cache, method="decode_step")
+    logits, cache = model.apply(step_variables, inputs, position, cache, method="decode_step")
     logits = next_token_logits(logits, batch, guided, options, position, num_tokens)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, position)
     nxt = pick_tokens(logits, step_keys, options)
@@ -304,6 +314,7 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
   variables = {"params": params}
   encoded, text_mask = model.apply(variables, text_ids, method=Model.encode_text)
   cache = model.apply(variables, encoded, text_mask, method=Model.init_cache)
+  step_variables = decode_variables(model, params)
 
   vocab = spec.image_vocab_padded
   uniform = jnp.where(jnp.arange(vocab) < spec.image_vocab_size,
@@ -330,7 +341,8 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
       inputs, starts = jnp.concatenate([inputs, inputs]), jnp.concatenate([start, start])
     else:
       starts = start
-    logits, cache = model.apply(variables, inputs, starts, cache, method=Model.decode_window)
+    logits, cache = model.apply(step_variables, inputs, starts, cache,
+                                method=Model.decode_window)
     p = token_probs(next_token_logits(logits, batch, guided, options, positions, num_tokens),
                     options)                                  # (B, K, V)
     # Verify: window slot w holds draft j = w - offset (slots before are accepted tokens).
