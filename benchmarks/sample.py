@@ -64,6 +64,9 @@ def parse(argv):
   p.add_argument("--decoding", default="ar,jacobi")
   p.add_argument("--draft-len", type=int, default=16)
   p.add_argument("--unroll", default="1", help="AR decode-loop unrolls to compare, e.g. 1,8")
+  p.add_argument("--decode-layers", default="split",
+                 help="split,stacked: also time decode loops that slice the stacked decoder "
+                      "layers inside the loop (what `Model.decode_params` avoids)")
   p.add_argument("--cfg", default="1,3", help="guidance scales to run (1 = off)")
   p.add_argument("--plausibility", default="0", help="plausibility floors, e.g. 0,0.3")
   p.add_argument("--top-k", type=int, default=100)
@@ -139,12 +142,18 @@ def main(argv=None) -> int:
   cfgs = [float(c) for c in args.cfg.split(",")]
   floors = [float(a) for a in args.plausibility.split(",")]
   unrolls = [int(u) for u in args.unroll.split(",")]
+  layouts = args.decode_layers.split(",")
+
+  class StackedDecodeModel(Model):
+    decode_params = None  # decode loops then pass the stacked params to every step
   for bs in [int(b) for b in args.batch_sizes.split(",")]:
     text_np = np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len))
     text = jnp.asarray(text_np, jnp.int32)
     variants = []
-    for mode, decoding, cfg, floor, unroll in itertools.product(
-        args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls):
+    for mode, decoding, cfg, floor, unroll, layout in itertools.product(
+        args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls, layouts):
+      if layout != "split" and (mode != "cached" or unroll != 1):
+        continue  # the layout only matters to decode loops
       if (mode == "full" and (bs > args.full_max_batch or decoding != "ar")):
         continue
       if unroll != 1 and (mode, decoding) != ("cached", "ar"):
@@ -152,10 +161,11 @@ def main(argv=None) -> int:
       opts = sampler.SamplingOptions(temperature=1.0, top_k=args.top_k, cfg_scale=cfg,
                                      plausibility=floor, decoding=decoding,
                                      draft_len=args.draft_len, unroll=unroll)
-      fn = sampler.make_sampler(model, opts, empty_caption=empty, cached=(mode == "cached"),
+      fn = sampler.make_sampler(model if layout == "split" else StackedDecodeModel(spec), opts,
+                                empty_caption=empty, cached=(mode == "cached"),
                                 with_calls=True)
       row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
-             "plausibility": floor, "unroll": unroll, "batch": bs}
+             "plausibility": floor, "unroll": unroll, "layers": layout, "batch": bs}
       variants.append((row, lambda r, fn=fn: fn(params, text, sampler.image_keys(r, 0, bs))))
     if ref is not None:
       text_t = torch.as_tensor(text_np, dtype=torch.long)
@@ -200,6 +210,7 @@ def main(argv=None) -> int:
         row.update(floor_s=floor_s, ratio_to_floor=t / floor_s)
       rows.append(row)
       print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} u={row.get('unroll', 1):<2d} "
+            f"{row.get('layers', ''):7s} "
             f"cfg={row['cfg_scale']:<3g} "
             f"a={row['plausibility']:<4g} batch={bs:<3d} {t*1e3:9.1f} ms  "
             f"calls {calls:6.1f}  {row['ms_per_call']:7.2f} ms/call  "
@@ -210,11 +221,18 @@ def main(argv=None) -> int:
   def find(**kw):
     return next((r for r in rows if all(r[k] == v for k, v in kw.items())), None)
 
-  base = dict(mode="cached", plausibility=floors[0], unroll=unrolls[0])
+  base = dict(mode="cached", plausibility=floors[0], unroll=unrolls[0], layers="split")
   summary = {}
   for r in rows:
     b, cfg = r["batch"], r["cfg_scale"]
     u = f"_unroll{r['unroll']}" if r.get("unroll", 1) != 1 else ""
+    if r["impl"] == "jax" and r["layers"] == "stacked":
+      split = find(impl="jax", decoding=r["decoding"], cfg_scale=cfg, batch=b,
+                   **{**base, "plausibility": r["plausibility"]})
+      if split:
+        summary[f"split_layers_speedup_{r['decoding']}_b{b}_cfg{cfg:g}"] = \
+            r["seconds"] / split["seconds"]
+      continue
     if r["impl"] == "jax" and r["mode"] == "cached" and r["decoding"] == "ar":
       b8 = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=8, **base)
       if b8 and r["plausibility"] == floors[0]:
@@ -233,7 +251,7 @@ def main(argv=None) -> int:
             full["seconds"] / r["seconds"]
     if r["impl"] == "jax" and r["decoding"] == "jacobi":
       ar = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=b, mode="cached",
-                plausibility=r["plausibility"])
+                plausibility=r["plausibility"], layers="split")
       if ar:
         key = f"b{b}_cfg{cfg:g}_a{r['plausibility']:g}"
         summary[f"jacobi_fewer_calls_{key}"] = ar["calls"] / r["calls"]
@@ -243,6 +261,7 @@ def main(argv=None) -> int:
         "ms per call | µs per token | tokens/s | images/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     unrolled = f" (unroll {r['unroll']})" if r.get("unroll", 1) != 1 else ""
+    unrolled += " (stacked layers)" if r.get("layers") == "stacked" else ""
     print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']}{unrolled} | "
           f"{r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | {r['seconds']*1e3:.0f} | "
           f"{r['calls']:.1f} | {r['ms_per_call']:.2f} | {r['us_per_token']:.1f} | "
