@@ -72,11 +72,18 @@ def test_decoder_only_cached_decode_equals_full_forward():
   params = _unbox(task.init(jax.random.key(0), batch)[0])
   model, v = task.model, {"params": params}
   full = model.apply(v, text, tokens)
-  cache = model.apply(v, text, method="prefill")
   inputs = np.concatenate([np.full((4, 1), task.spec.image_bos_id), tokens[:, :-1]], axis=1)
-  for i in range(tokens.shape[1]):
-    logits, cache = model.apply(v, inputs[:, i], i, cache, method="decode_step")
-    np.testing.assert_allclose(logits, full[:, i], atol=2e-4, rtol=2e-4)
+  # The stacked params, and the layers split once as decode loops pass them.
+  for step_params in (params, model.decode_params(params)):
+    cache = model.apply(v, text, method="prefill")
+    # One (B, heads, L + N, kv) buffer per layer, like the encoder-decoder's.
+    spec = task.spec
+    assert len(cache["self_k"]) == 2 and cache["self_k"][1].shape == (
+        4, spec.num_heads, text.shape[1] + tokens.shape[1], spec.head_dim)
+    for i in range(tokens.shape[1]):
+      logits, cache = model.apply({"params": step_params}, inputs[:, i], i, cache,
+                                  method="decode_step")
+      np.testing.assert_allclose(logits, full[:, i], atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.0])

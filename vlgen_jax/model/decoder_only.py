@@ -12,7 +12,10 @@ Decode API (the same as vlgen_jax/model/t2i.py, so the AR sampler serves both):
   cache = model.apply(v, text_ids, method="prefill")     # caption K/V, once
   logits, cache = model.apply(v, token, position, cache, method="decode_step")
 `position` is the image input index (BOS at 0); the cache holds L + N slots
-per layer in the (B, heads, S, kv) layout.
+per layer in the (B, heads, S, kv) layout, one buffer per layer written in
+place, and decode runs the layers as an unrolled loop over per-layer
+weights, as the encoder-decoder does (vlgen_jax/model/image_decoder.py says
+why: a scanned stack copies the whole cache at every token).
 Classifier-free guidance runs the empty caption as the prefix.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 from vlgen_jax.model import layers
 from vlgen_jax.model.attention import Attention, write_cache
 from vlgen_jax.model.code_embedding import AppearanceCodes
-from vlgen_jax.model.image_decoder import MASKED_LOGIT
+from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, layer_key, split_layers,
+                                           unstack_decoder_layers)
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 
@@ -63,8 +67,8 @@ class PrefixLayer(nn.Module):
       h = attn_norm(x)
       q = attn.queries(h)
       k, v = attn.keys_values(h)
-      k_cache = write_cache(cache["k"], k, index)
-      v_cache = write_cache(cache["v"], v, index)
+      k_cache = layers.constrain(write_cache(cache["k"], k, index), CACHE_AXES)
+      v_cache = layers.constrain(write_cache(cache["v"], v, index), CACHE_AXES)
       valid = key_mask & (jnp.arange(k_cache.shape[2]) <= index)[None]
       x = x + attn.attend_cached(q, k_cache, v_cache, valid[:, None, None, :])
       x = x + mlp(mlp_norm(x))
@@ -82,12 +86,12 @@ class PrefixDecoder(nn.Module):
   def __call__(self, text_ids=None, tokens=None, *, mode: str, cache=None, position=None,
                deterministic: bool = True, remat: bool = False):
     s = self.spec
-    in_axes = {"train": (nn.broadcast,), "prefill": (nn.broadcast,),
-               "decode": (0, nn.broadcast, nn.broadcast)}[mode]
-    stack = layer_stack(PrefixLayer, num_layers=s.decoder_layers, in_axes=in_axes,
-                        remat=s.remat if (remat and mode == "train") else "none", name="layers",
-                        unroll=s.decoder_layers if (mode == "decode" or s.unroll_layers) else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic, mode=mode)
+    # Decode reads the stacked weights per layer (`split_layers`), not through a scan.
+    stack = None if mode == "decode" else layer_stack(
+        PrefixLayer, num_layers=s.decoder_layers, in_axes=(nn.broadcast,),
+        remat=s.remat if (remat and mode == "train") else "none", name="layers",
+        unroll=s.decoder_layers if s.unroll_layers else 1, spec=s, dtype=self.dtype,
+        deterministic=deterministic, mode=mode)
     text_embed = layers.Embed(s.text_vocab_padded, s.d_model, ("vocab", "embed"), self.dtype,
                               name="text_embed")
     text_positions = layers.Embed(s.text_length, s.d_model, (None, "embed"), self.dtype,
@@ -133,19 +137,28 @@ class PrefixDecoder(nn.Module):
       _, (k, v) = stack(layers.constrain(x, layers.BATCH_LENGTH_EMBED), text_mask)
       # Per layer, the (B, heads, S, kv) cache layout of the encdec decoder,
       # so decode steps write and read it in place.
-      k, v = (jnp.swapaxes(a, 2, 3) for a in (k, v))
       batch = text_ids.shape[0]
-      pad = [(0, 0), (0, 0), (0, 0), (0, s.num_image_tokens), (0, 0)]
+      pad = [(0, 0), (0, 0), (0, s.num_image_tokens), (0, 0)]
+      per_layer = lambda a: tuple(  # noqa: E731
+          layers.constrain(jnp.pad(jnp.swapaxes(a[i], 1, 2), pad), CACHE_AXES)
+          for i in range(s.decoder_layers))
       key_mask = jnp.concatenate([text_mask, jnp.ones((batch, s.num_image_tokens), bool)], 1)
-      return {"self_k": jnp.pad(k, pad), "self_v": jnp.pad(v, pad), "key_mask": key_mask}
+      return {"self_k": per_layer(k), "self_v": per_layer(v), "key_mask": key_mask}
 
     # decode: one image input token at image index `position`.
     position = jnp.asarray(position, jnp.int32)
     x = embed_image(position[None])
-    prefix = cache["key_mask"].shape[1] - s.num_image_tokens
-    per_layer = {"k": cache["self_k"], "v": cache["self_v"]}
-    x, kv = stack(x, per_layer, cache["key_mask"], prefix + position)
-    return logits_of(x), dict(cache, self_k=kv["k"], self_v=kv["v"])
+    index = cache["key_mask"].shape[1] - s.num_image_tokens + position
+    weights = split_layers(self.variables["params"]["layers"], s.decoder_layers)
+    layer = PrefixLayer(s, self.dtype, mode="decode", parent=None)
+    self_k, self_v = [], []
+    for i in range(s.decoder_layers):
+      x, kv = layer.apply({"params": weights[layer_key(i)]}, x,
+                          {"k": cache["self_k"][i], "v": cache["self_v"][i]},
+                          cache["key_mask"], index)
+      self_k.append(kv["k"])
+      self_v.append(kv["v"])
+    return logits_of(x), dict(cache, self_k=tuple(self_k), self_v=tuple(self_v))
 
 
 class DecoderOnlyModel(nn.Module):
@@ -162,6 +175,11 @@ class DecoderOnlyModel(nn.Module):
 
   def prefill(self, text_ids) -> Cache:
     return self.decoder(text_ids, mode="prefill")
+
+  def decode_params(self, params):
+    """`params` as decode loops pass them to `decode_step`: the layers split
+    once, outside the loop (`unstack_decoder_layers`)."""
+    return unstack_decoder_layers(params, self.spec.decoder_layers)
 
   def decode_step(self, token, position, cache: Cache):
     """token (B,) at image input index `position` -> (fp32 logits (B, V), cache)."""

@@ -120,7 +120,8 @@ def cross_kv_cache(stack, encoded, num_layers: int):
                      for i in range(num_layers)) for a in (k, v))
 
 
-def _layer_key(i: int) -> str:
+def layer_key(i: int) -> str:
+  """The key of layer i in split decoder params (`split_layers`)."""
   return f"layer_{i}"
 
 
@@ -131,18 +132,19 @@ def unstack_decoder_layers(params, num_layers: int):
   stacked weight inside the loop body makes XLA:CPU copy every layer's
   weights at every token (32 weight-sized copies per step for 4 layers;
   docs/sampling.md has the measured cost)."""
-  decoder = dict(params["decoder"], layers=_split_layers(params["decoder"]["layers"], num_layers))
+  decoder = dict(params["decoder"], layers=split_layers(params["decoder"]["layers"], num_layers))
   return dict(params, decoder=decoder)
 
 
-def _split_layers(layer_params, num_layers: int):
+def split_layers(layer_params, num_layers: int):
   """{"layer_i": layer i's params} from stacked "layers" params (as they are
-  if already split)."""
-  if _layer_key(0) in layer_params:
+  if already split). Decode paths of every causal family read their layers
+  through it."""
+  if layer_key(0) in layer_params:
     return layer_params
   stacked = jax.tree.map(lambda a: a.value if isinstance(a, nn.meta.AxisMetadata) else a,
                          layer_params, is_leaf=lambda a: isinstance(a, nn.meta.AxisMetadata))
-  return {_layer_key(i): jax.tree.map(lambda a: a[i], stacked)  # noqa: B023
+  return {layer_key(i): jax.tree.map(lambda a: a[i], stacked)  # noqa: B023
           for i in range(num_layers)}
 
 
@@ -152,11 +154,11 @@ def decode_layers(module: nn.Module, x, cache, context_mask, positions, start, *
   params sliced per layer (same weights as the scan), or already split by
   `unstack_decoder_layers`; each layer owns its cache buffers, written in
   place. Returns (x, self_k, self_v)."""
-  layer_params = _split_layers(module.variables["params"]["layers"], module.spec.decoder_layers)
+  layer_params = split_layers(module.variables["params"]["layers"], module.spec.decoder_layers)
   layer = DecoderLayer(module.spec, module.dtype, mode="decode", rope=rope, parent=None)
   self_k, self_v = [], []
   for i in range(module.spec.decoder_layers):
-    params = layer_params[_layer_key(i)]
+    params = layer_params[layer_key(i)]
     x, k, v = layer.apply({"params": params}, x, cache["self_k"][i], cache["self_v"][i],
                           cache["cross_k"][i], cache["cross_v"][i], context_mask,
                           positions, start)
