@@ -2,7 +2,7 @@
 
 Scanned params are stacked on a leading axis named "layers" (so sharding
 rules see it), and compile time stays flat in depth. Decode reads the same
-stacked weights one layer at a time (image_decoder.ImageDecoder._decode_layers).
+stacked weights one layer at a time (`image_decoder.split_layers`, `decode_layers`).
 """
 from __future__ import annotations
 
