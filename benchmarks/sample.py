@@ -78,6 +78,10 @@ def parse(argv):
                  help="torch.set_num_threads for the reference (0 = torch's default). On a "
                       "shared 2-core box torch's OpenMP threads spin-wait: 2 threads ran the "
                       "batch-8 reference 17-30x slower than 1, so 1 is its fair setting there")
+  p.add_argument("--host-devices", type=int, default=0,
+                 help="CPU: run the JAX sampler data-parallel over N host devices "
+                      "(--xla_force_host_platform_device_count=N, e.g. one per core); each "
+                      "batch is split over them (vlgen sample does this with the same flag)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--json-out", default="")
   rest = list(sys.argv[1:] if argv is None else argv)
@@ -90,6 +94,9 @@ def parse(argv):
 
 def main(argv=None) -> int:
   args = parse(argv)
+  if args.host_devices > 1:  # must be set before jax initialises its CPU backend
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.host_devices}")
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -124,6 +131,17 @@ def main(argv=None) -> int:
   dummy = (jnp.zeros((1, text_len), jnp.int32), jnp.zeros((1, n_tok), jnp.int32))
   abstract = sharding.unbox(jax.eval_shape(model.init, jax.random.key(0), *dummy)["params"])
   params = jax.jit(lambda k: sharding.unbox(model.init(k, *dummy)["params"]))(jax.random.key(0))
+  # Data parallel over every device (one unless --host-devices): params
+  # replicated, a batch split over "data" when it divides evenly.
+  data_mesh = jax.make_mesh((len(jax.devices()),), ("data",),
+                            axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = jax.sharding.NamedSharding(data_mesh, jax.sharding.PartitionSpec())
+  params = jax.device_put(params, replicated)
+
+  def place(x):
+    split = x.shape[0] % len(jax.devices()) == 0
+    return jax.device_put(x, jax.sharding.NamedSharding(
+        data_mesh, jax.sharding.PartitionSpec("data") if split else jax.sharding.PartitionSpec()))
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
   n_params = sum(x.size for x in jax.tree.leaves(abstract))
   empty = empty_caption_ids(config)
@@ -134,7 +152,8 @@ def main(argv=None) -> int:
   if ref is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
 
-  print(f"device: {device.device_kind} ({device.platform}); params: {n_params/1e6:.2f}M; "
+  print(f"device: {device.device_kind} ({device.platform}) x {len(jax.devices())}; "
+        f"params: {n_params/1e6:.2f}M; "
         f"tokens per image: {n_tok}; dtype: {spec.compute_dtype().__name__}; "
         f"torch: {torch.__version__ + ' (' + str(torch.get_num_threads()) + ' threads)' if ref else 'no'}",
         flush=True)
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
     decode_params = None  # decode loops then pass the stacked params to every step
   for bs in [int(b) for b in args.batch_sizes.split(",")]:
     text_np = np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len))
-    text = jnp.asarray(text_np, jnp.int32)
+    text = place(jnp.asarray(text_np, jnp.int32))
     variants = []
     for mode, decoding, cfg, floor, unroll, layout in itertools.product(
         args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls, layouts):
@@ -166,7 +185,8 @@ def main(argv=None) -> int:
                                 with_calls=True)
       row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
              "plausibility": floor, "unroll": unroll, "layers": layout, "batch": bs}
-      variants.append((row, lambda r, fn=fn: fn(params, text, sampler.image_keys(r, 0, bs))))
+      variants.append((row, lambda r, fn=fn: fn(params, text,
+                                                 place(sampler.image_keys(r, 0, bs)))))
     if ref is not None:
       text_t = torch.as_tensor(text_np, dtype=torch.long)
       for cfg in cfgs:
@@ -269,6 +289,7 @@ def main(argv=None) -> int:
   for k, v in summary.items():
     print(f"{k}: {v:.2f}")
   result = {"benchmark": "sample", "device": device.device_kind, "platform": device.platform,
+            "num_devices": len(jax.devices()),
             "config": args.config, "overrides": (SMALL if small else []) + args.config_overrides,
             "params": n_params, "tokens_per_image": n_tok, "draft_len": args.draft_len,
             "rows": rows, "summary": summary}
