@@ -142,11 +142,16 @@ def guided_log_probs(logp, logp_prior, pmi_weight: float, plausibility: float):
   return out
 
 
+def _hidden(token, position):
+  """The decoder input `token` (B,) at `position` as `mask_previous` reads it:
+  UNK, except BOS at position 0."""
+  return jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
+
+
 def _hide_current(tokens, position):
-  """tokens (B, L) with the piece at `position` replaced by UNK (BOS, at 0, stays)."""
+  """tokens (B, L) with the piece at `position` hidden (`_hidden`)."""
   token = jax.lax.dynamic_index_in_dim(tokens, position, axis=1, keepdims=False)
-  hidden = jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
-  return jax.lax.dynamic_update_index_in_dim(tokens, hidden, position, axis=1)
+  return jax.lax.dynamic_update_index_in_dim(tokens, _hidden(token, position), position, axis=1)
 
 
 def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool = True,
@@ -186,8 +191,7 @@ def beam_search(model, params, image_tokens, *, beam_size: int = 1, cached: bool
                                   method=Model.decode_step)
       if mask_previous:
         # The cache keeps the real piece; this call's cache (UNK at `position`) is dropped.
-        hidden = jnp.where(position == 0, token, jnp.full_like(token, UNK_ID))
-        logits, _ = model.apply(step_variables, both(hidden), position, cache,
+        logits, _ = model.apply(step_variables, both(_hidden(token, position)), position, cache,
                                 method=Model.decode_step)
     else:
       inputs = _hide_current(tokens, position) if mask_previous else tokens
