@@ -91,6 +91,39 @@ def test_top_p_samples_only_from_the_nucleus():
   np.testing.assert_allclose(counts[:2], [0.4 / 0.75, 0.35 / 0.75], atol=0.03)
 
 
+def test_draw_categorical_draws_each_id_with_its_weights_share():
+  """Inverse-CDF draws: chi-square against the weights, zero-weight ids (first,
+  inner, trailing) never drawn, any scale of the weights, one draw per row
+  of a (B, K, V) batch from the row's key."""
+  from scipy import stats
+  weights = np.asarray([0.0, 3.0, 0.0, 1.0, 0.5, 2.5, 0.0, 0.0], np.float32)
+  draws = 8000
+  keys = sampler.image_keys(5, 0, draws)
+  tokens = np.asarray(sampler.draw_categorical(keys, jnp.broadcast_to(weights, (draws, 8))))
+  observed = np.bincount(tokens, minlength=8)
+  assert observed[weights == 0].sum() == 0
+  expected = weights[weights > 0] / weights.sum() * draws
+  chi2 = (((observed[weights > 0] - expected) ** 2) / expected).sum()
+  assert chi2 < stats.chi2.ppf(0.999, 3), (observed, expected)
+  # Scaling by a power of two changes no draw; weights of 1e-30 still sum.
+  for scale in (2.0 ** -100, 2.0 ** 20):
+    scaled = sampler.draw_categorical(keys, jnp.broadcast_to(weights * scale, (draws, 8)))
+    np.testing.assert_array_equal(np.asarray(scaled), tokens)
+  # The last id of positive weight is reachable, never what follows it.
+  tail = np.zeros(640, np.float32)
+  tail[[0, 511]] = [1.0, 1e-3]
+  many = np.asarray(sampler.draw_categorical(sampler.image_keys(6, 0, 20000),
+                                             jnp.broadcast_to(tail, (20000, 640))))
+  assert set(np.unique(many)) == {0, 511}
+  # (B, K, V): row b, slot k uses only row b's key.
+  batch = jnp.asarray(np.random.default_rng(0).random((4, 3, 8)), jnp.float32)
+  got = np.asarray(sampler.draw_categorical(keys[:4], batch))
+  assert got.shape == (4, 3)
+  for b in range(4):
+    np.testing.assert_array_equal(np.asarray(sampler.draw_categorical(keys[b:b + 1], batch[b:b + 1]))[0],
+                                  got[b])
+
+
 def test_unrolled_decode_loop_draws_the_same_tokens(tiny):
   opts = SamplingOptions(temperature=1.0, top_k=8, cfg_scale=2.0)
   np.testing.assert_array_equal(

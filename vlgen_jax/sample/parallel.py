@@ -60,8 +60,8 @@ def draw(logits, keys, options):
   else:
     logits = ar.filter_logits(logits / options.temperature, top_k=options.top_k,
                               top_p=options.top_p)
-    tokens = jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
+    tokens = ar.draw_categorical(keys, jnp.exp(log_probs))
   return tokens, jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
 

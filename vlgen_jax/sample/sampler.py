@@ -171,13 +171,30 @@ def keep_plausible(logits, reference_logits, plausibility: float):
   return jnp.where(log_probs >= floor, logits, -jnp.inf)
 
 
+def draw_categorical(keys, weights):
+  """keys (B,), weights (B, ..., V) >= 0 (any scale; every distribution with
+  positive mass) -> one draw per distribution (B, ...) int32, by inverse CDF.
+
+  Draw d is the first id whose cumulative weight exceeds u * total, u ~ U[0, 1)
+  from the row's key: one uniform per distribution instead of Gumbel noise
+  for every id (`jax.random.categorical`), 5-6x faster on CPU for (8, 16, 640)
+  and (128, 640) weights. An id of zero weight is never drawn: its cumulative
+  weight equals its predecessor's, and ids whose cumulative weight has
+  reached the total are excluded, so float rounding of u * total cannot
+  step past the last id of positive weight.
+  """
+  cdf = jnp.cumsum(weights.astype(jnp.float32), axis=-1)
+  total = cdf[..., -1:]
+  u = jax.vmap(lambda k: jax.random.uniform(k, weights.shape[1:-1] + (1,)))(keys) * total
+  return jnp.sum((cdf <= u) & (cdf < total), axis=-1, dtype=jnp.int32)
+
+
 def pick_tokens(logits, keys, options: SamplingOptions):
   """logits (B, V) fp32, keys (B,) -> token ids (B,) int32."""
   if options.temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = filter_logits(logits / options.temperature, top_k=options.top_k, top_p=options.top_p)
-  draw = jax.vmap(lambda k, l: jax.random.categorical(k, l))
-  return draw(keys, logits).astype(jnp.int32)
+  return draw_categorical(keys, jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)))
 
 
 def guidance_scale(options: SamplingOptions, position, num_tokens: int):
@@ -274,12 +291,6 @@ def token_probs(logits, options: SamplingOptions):
   return jax.nn.softmax(logits, axis=-1)
 
 
-def _draw(keys, probs):
-  """keys (B,), probs (B, ..., V) -> one draw per distribution (B, ...)."""
-  return jax.vmap(lambda k, p: jax.random.categorical(k, jnp.log(p), axis=-1))(
-      keys, probs).astype(jnp.int32)
-
-
 def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOptions,
                          empty_caption=None, force_guidance: bool = False):
   """Speculative Jacobi decoding: text_ids (B, L), keys (B,) -> (tokens (B, N),
@@ -320,6 +331,11 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
   uniform = jnp.where(jnp.arange(vocab) < spec.image_vocab_size,
                       1.0 / spec.image_vocab_size, 0.0).astype(jnp.float32)
   uniform = jnp.broadcast_to(uniform, (batch, draft_len, vocab))
+  # Drafts from the uniform proposal: one randint per slot, not a categorical
+  # draw over (B, K, V) uniform probabilities (the same distribution; that
+  # draw was ~12% of a batch-8, K = 16 call on CPU).
+  draw_uniform = jax.vmap(lambda k: jax.random.randint(k, (draft_len,), 0, spec.image_vocab_size,
+                                                       jnp.int32))
   slots = jnp.arange(draft_len, dtype=jnp.int32)
   take = lambda a, idx: jnp.take_along_axis(a, idx, axis=1)  # noqa: E731
   fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
@@ -357,7 +373,7 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
     first = jnp.min(jnp.where(rejected, slots[None, :], draft_len), axis=1)  # K: none
     at_first = jnp.minimum(first, draft_len - 1)[:, None, None]
     residual = jnp.maximum(take(p - q_slot, at_first)[:, 0], 0.0)
-    resampled = _draw(k_residual, residual)
+    resampled = draw_categorical(k_residual, residual)
     new_tokens = jnp.where(slots[None, :] == first[:, None], resampled[:, None], d)
     write = (j >= 0) & (slots[None, :] <= first[:, None])
     rows = jnp.arange(batch)[:, None]
@@ -367,13 +383,13 @@ def sample_tokens_jacobi(model, params, text_ids, keys, *, options: SamplingOpti
     slot = (n_new - start)[:, None] + slots
     inside = slot < draft_len
     sc = jnp.clip(slot, 0, draft_len - 1)
-    fresh = _draw(k_fresh, p)
-    drafts = jnp.where(inside, take(fresh, sc), _draw(k_uniform, uniform))
+    fresh = draw_categorical(k_fresh, p)
+    drafts = jnp.where(inside, take(fresh, sc), draw_uniform(k_uniform))
     q = jnp.where(inside[..., None], take(p, sc[..., None]), uniform)
     return tokens, n_new, drafts, q, cache, it + 1
 
   state = (jnp.zeros((batch, num_tokens), jnp.int32), jnp.zeros((batch,), jnp.int32),
-           _draw(init_keys, uniform), uniform, cache, jnp.zeros((), jnp.int32))
+           draw_uniform(init_keys), uniform, cache, jnp.zeros((), jnp.int32))
   tokens, _, _, _, _, calls = jax.lax.while_loop(
       lambda state: jnp.any(state[1] < num_tokens), body, state)
   return tokens, calls
