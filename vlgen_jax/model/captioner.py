@@ -37,8 +37,7 @@ from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, apply_layer
                                            cross_kv_cache, decoder_stack,
                                            unstack_decoder_layers)
 from vlgen_jax.model.spec import ModelSpec
-from vlgen_jax.model.stack import layer_stack
-from vlgen_jax.model.text_encoder import EncoderLayer
+from vlgen_jax.model.text_encoder import encode
 from vlgen_jax.text.tokenizer import BOS_ID
 from vlgen_jax.vq.model import VQConfig
 
@@ -85,14 +84,8 @@ class ImageEncoder(nn.Module):
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
     # Every code is a valid key (the "no image" input too: its keys are its positions).
     key_mask = jnp.ones(image_tokens.shape, bool)
-    stack = layer_stack(EncoderLayer, num_layers=s.encoder_layers,
-                        in_axes=(nn.broadcast, nn.broadcast),
-                        remat=s.remat if remat else "none", name="layers",
-                        unroll=s.encoder_layers if s.unroll_layers else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic,
-                        rope="2d" if s.image_positions == "rope_2d" else None)
-    x, _ = stack(x, key_mask, positions)
-    x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
+    x = encode(s, self.dtype, x, key_mask, positions, deterministic=deterministic, remat=remat,
+               rope="2d" if s.image_positions == "rope_2d" else None)
     return x, key_mask
 
 

@@ -39,6 +39,21 @@ class EncoderLayer(nn.Module):
     return layers.constrain(x, layers.BATCH_LENGTH_EMBED), None
 
 
+def encode(spec: ModelSpec, dtype, x, key_mask, positions, *, deterministic: bool, remat: bool,
+           rope: str | None):
+  """The scanned `EncoderLayer`s ("layers") and the final norm ("final_norm")
+  over embedded inputs x (B, L, d_model). Built inside the caller's compact
+  `__call__` (its params are the caller's); shared by the text encoder and
+  the captioner's image encoder."""
+  stack = layer_stack(EncoderLayer, num_layers=spec.encoder_layers,
+                      in_axes=(nn.broadcast, nn.broadcast),
+                      remat=spec.remat if remat else "none", name="layers",
+                      unroll=spec.encoder_layers if spec.unroll_layers else 1,
+                      spec=spec, dtype=dtype, deterministic=deterministic, rope=rope)
+  x, _ = stack(x, key_mask, positions)
+  return layers.Norm(spec.norm, spec.norm_eps, dtype, name="final_norm")(x)
+
+
 class TextEncoder(nn.Module):
   spec: ModelSpec
   dtype: Any = jnp.float32
@@ -59,12 +74,6 @@ class TextEncoder(nn.Module):
                            name="position_embed")(positions)[None]
     x = nn.Dropout(s.dropout)(x, deterministic=deterministic)
     x = layers.constrain(x, layers.BATCH_LENGTH_EMBED)
-    stack = layer_stack(EncoderLayer, num_layers=s.encoder_layers,
-                        in_axes=(nn.broadcast, nn.broadcast),
-                        remat=s.remat if remat else "none", name="layers",
-                        unroll=s.encoder_layers if s.unroll_layers else 1,
-                        spec=s, dtype=self.dtype, deterministic=deterministic,
-                        rope="1d" if s.text_positions == "rope" else None)
-    x, _ = stack(x, key_mask, positions)
-    x = layers.Norm(s.norm, s.norm_eps, self.dtype, name="final_norm")(x)
+    x = encode(s, self.dtype, x, key_mask, positions, deterministic=deterministic, remat=remat,
+               rope="1d" if s.text_positions == "rope" else None)
     return x, key_mask
