@@ -87,8 +87,11 @@ class Attention(nn.Module):
     scores = jnp.einsum("btnh,bnsh->bnts", q, k_cache, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-    out = jnp.einsum("bnts,bnsh->btnh", probs, v_cache)
-    return self.out(out)
+    # probs as the left operand, so the dot is (t, s) @ (s, h) per (b, n):
+    # written as an einsum to "btnh", XLA made V the left operand (contracting
+    # its non-minor dim), which XLA:CPU runs outside its fast matmul kernels.
+    out = jax.lax.dot_general(probs, v_cache, (((3,), (2,)), ((0, 1), (0, 1))))
+    return self.out(jnp.swapaxes(out, 1, 2))
 
 
 def to_cache_layout(x):
