@@ -120,8 +120,8 @@ def test_draw_categorical_draws_each_id_with_its_weights_share():
   got = np.asarray(sampler.draw_categorical(keys[:4], batch))
   assert got.shape == (4, 3)
   for b in range(4):
-    np.testing.assert_array_equal(np.asarray(sampler.draw_categorical(keys[b:b + 1], batch[b:b + 1]))[0],
-                                  got[b])
+    alone = sampler.draw_categorical(keys[b:b + 1], batch[b:b + 1])
+    np.testing.assert_array_equal(np.asarray(alone)[0], got[b])
 
 
 def test_unrolled_decode_loop_draws_the_same_tokens(tiny):

@@ -69,8 +69,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                       help="Jacobi window: draft tokens per decoder call (default: the run's "
                            "config, else 16)")
   parser.add_argument("--unroll", type=int, default=None,
-                      help="AR: tokens per decode-loop iteration; shares each layer's weight "
-                           "copies among them (faster steps, longer compile; same tokens)")
+                      help="AR: tokens per decode-loop iteration (longer compile, same tokens; "
+                           "docs/sampling.md has its measured effect)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="sampling compute dtype; bfloat16 also casts the weight matrices "
                            "(default: the run's config.dtype)")

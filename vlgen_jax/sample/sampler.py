@@ -61,10 +61,10 @@ class SamplingOptions:
   # a window of `draft_len` draft tokens per call (same distribution).
   decoding: str = "ar"
   draft_len: int = 16
-  # AR: tokens per iteration of the decode loop. Each iteration copies every
-  # layer's weights out of the stacked (scanned) params; unrolling shares
-  # those copies among `unroll` tokens (8 on a 2-core CPU: 1.32x faster at
-  # batch 8, 2.5x the compile time; docs/sampling.md). Same tokens for any value.
+  # AR: tokens per iteration of the decode loop (fewer loop iterations, a
+  # loop body `unroll` times larger to compile). Since decode loops split the
+  # layers once (`decode_variables`) it gains little: 0.91x-1.32x on a
+  # 2-core CPU (docs/sampling.md). Same tokens for any value.
   unroll: int = 1
 
   def validate(self) -> "SamplingOptions":
