@@ -64,6 +64,9 @@ def parse(argv):
   p.add_argument("--decoding", default="ar,jacobi")
   p.add_argument("--draft-len", type=int, default=16)
   p.add_argument("--unroll", default="1", help="AR decode-loop unrolls to compare, e.g. 1,8")
+  p.add_argument("--cache-chunks", default="1",
+                 help="AR cache chunk counts to compare, e.g. 1,4 (1 = one buffer, masked in "
+                      "full at every step; `SamplingOptions.cache_chunks`)")
   p.add_argument("--decode-layers", default="split",
                  help="split,stacked: also time decode loops that slice the stacked decoder "
                       "layers inside the loop (what `Model.decode_params` avoids)")
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
   cfgs = [float(c) for c in args.cfg.split(",")]
   floors = [float(a) for a in args.plausibility.split(",")]
   unrolls = [int(u) for u in args.unroll.split(",")]
+  chunk_counts = [int(c) for c in args.cache_chunks.split(",")]
   layouts = args.decode_layers.split(",")
 
   class StackedDecodeModel(Model):
@@ -169,22 +173,26 @@ def main(argv=None) -> int:
     text_np = np.random.default_rng(0).integers(4, spec.text_vocab_size, (bs, text_len))
     text = place(jnp.asarray(text_np, jnp.int32))
     variants = []
-    for mode, decoding, cfg, floor, unroll, layout in itertools.product(
-        args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls, layouts):
+    for mode, decoding, cfg, floor, unroll, chunks, layout in itertools.product(
+        args.modes.split(","), args.decoding.split(","), cfgs, floors, unrolls, chunk_counts,
+        layouts):
       if layout != "split" and (mode != "cached" or unroll != 1):
         continue  # the layout only matters to decode loops
       if (mode == "full" and (bs > args.full_max_batch or decoding != "ar")):
         continue
-      if unroll != 1 and (mode, decoding) != ("cached", "ar"):
-        continue  # only the cached AR loop unrolls
+      if (unroll != 1 or chunks != chunk_counts[0]) and (mode, decoding) != ("cached", "ar"):
+        continue  # only the cached AR loop unrolls and chunks its cache
       opts = sampler.SamplingOptions(temperature=1.0, top_k=args.top_k, cfg_scale=cfg,
                                      plausibility=floor, decoding=decoding,
-                                     draft_len=args.draft_len, unroll=unroll)
+                                     draft_len=args.draft_len, unroll=unroll,
+                                     cache_chunks=chunks)
       fn = sampler.make_sampler(model if layout == "split" else StackedDecodeModel(spec), opts,
                                 empty_caption=empty, cached=(mode == "cached"),
                                 with_calls=True)
       row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
-             "plausibility": floor, "unroll": unroll, "layers": layout, "batch": bs}
+             "plausibility": floor, "unroll": unroll, "cache_chunks": chunks,
+             "chunks": sampler.num_cache_chunks(chunks, n_tok)
+             if (mode, decoding) == ("cached", "ar") else 1, "layers": layout, "batch": bs}
       variants.append((row, lambda r, fn=fn: fn(params, text,
                                                  place(sampler.image_keys(r, 0, bs)))))
     if ref is not None:
@@ -224,12 +232,15 @@ def main(argv=None) -> int:
       row["mfu"] = flops / t / peak if (peak and row["impl"] == "jax") else None
       if bw and row["impl"] == "jax" and row["mode"] == "cached":
         cache_rows = bs * rows_per_image
-        cache_bytes = 2 * spec.decoder_layers * cache_rows * (n_tok + text_len) * \
+        # What a step must read: the filled part of the self-attention
+        # cache, (N + 1) / 2 slots on average, and the caption's cross K/V.
+        cache_bytes = 2 * spec.decoder_layers * cache_rows * ((n_tok + 1) / 2 + text_len) * \
             spec.num_heads * spec.head_dim * act_bytes
         floor_s = row["calls"] * (param_bytes + cache_bytes) / bw
         row.update(floor_s=floor_s, ratio_to_floor=t / floor_s)
       rows.append(row)
       print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} u={row.get('unroll', 1):<2d} "
+            f"c={row.get('chunks', 1):<2d} "
             f"{row.get('layers', ''):7s} "
             f"cfg={row['cfg_scale']:<3g} "
             f"a={row['plausibility']:<4g} batch={bs:<3d} {t*1e3:9.1f} ms  "
@@ -241,11 +252,13 @@ def main(argv=None) -> int:
   def find(**kw):
     return next((r for r in rows if all(r[k] == v for k, v in kw.items())), None)
 
-  base = dict(mode="cached", plausibility=floors[0], unroll=unrolls[0], layers="split")
+  base = dict(mode="cached", plausibility=floors[0], unroll=unrolls[0],
+              cache_chunks=chunk_counts[0], layers="split")
   summary = {}
   for r in rows:
     b, cfg = r["batch"], r["cfg_scale"]
     u = f"_unroll{r['unroll']}" if r.get("unroll", 1) != 1 else ""
+    u += f"_chunks{r['chunks']}" if r.get("cache_chunks", chunk_counts[0]) != chunk_counts[0] else ""
     if r["impl"] == "jax" and r["layers"] == "stacked":
       split = find(impl="jax", decoding=r["decoding"], cfg_scale=cfg, batch=b,
                    **{**base, "plausibility": r["plausibility"]})
@@ -258,12 +271,17 @@ def main(argv=None) -> int:
       if b8 and r["plausibility"] == floors[0]:
         summary[f"token_time_vs_batch8_b{b}_cfg{cfg:g}{u}"] = r["us_per_token"] / b8["us_per_token"]
       plain = find(impl="jax", decoding="ar", cfg_scale=1.0, batch=b,
-                   **{**base, "unroll": r["unroll"]})
+                   **{**base, "unroll": r["unroll"], "cache_chunks": r["cache_chunks"]})
       if plain and cfg != 1.0 and r["plausibility"] == floors[0]:
         summary[f"cfg_cost_b{b}_cfg{cfg:g}{u}"] = r["seconds"] / plain["seconds"]
       t = find(impl="torch", cfg_scale=cfg, batch=b)
       if t and r["plausibility"] == floors[0]:
         summary[f"jax_vs_torch_speedup_b{b}_cfg{cfg:g}{u}"] = t["seconds"] / r["seconds"]
+      one = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=b,
+                 **{**base, "plausibility": r["plausibility"], "unroll": r["unroll"],
+                    "cache_chunks": 1})
+      if one and r["chunks"] > 1:
+        summary[f"cache_chunks_speedup_b{b}_cfg{cfg:g}{u}"] = one["seconds"] / r["seconds"]
       full = find(impl="jax", mode="full", decoding="ar", cfg_scale=cfg, batch=b,
                   plausibility=r["plausibility"])
       if full:
@@ -271,7 +289,7 @@ def main(argv=None) -> int:
             full["seconds"] / r["seconds"]
     if r["impl"] == "jax" and r["decoding"] == "jacobi":
       ar = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=b, mode="cached",
-                plausibility=r["plausibility"], layers="split")
+                plausibility=r["plausibility"], layers="split", cache_chunks=chunk_counts[0])
       if ar:
         key = f"b{b}_cfg{cfg:g}_a{r['plausibility']:g}"
         summary[f"jacobi_fewer_calls_{key}"] = ar["calls"] / r["calls"]
@@ -281,6 +299,7 @@ def main(argv=None) -> int:
         "ms per call | µs per token | tokens/s | images/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     unrolled = f" (unroll {r['unroll']})" if r.get("unroll", 1) != 1 else ""
+    unrolled += f" ({r['chunks']} cache chunks)" if r.get("chunks", 1) != 1 else ""
     unrolled += " (stacked layers)" if r.get("layers") == "stacked" else ""
     print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']}{unrolled} | "
           f"{r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | {r['seconds']*1e3:.0f} | "

@@ -86,13 +86,14 @@ def test_decoder_only_cached_decode_equals_full_forward():
       np.testing.assert_allclose(logits, full[:, i], atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 2.0])
-def test_decoder_only_cached_sampler_equals_full_recompute(cfg):
+@pytest.mark.parametrize("cfg,chunks", [(1.0, 1), (2.0, 4)])
+def test_decoder_only_cached_sampler_equals_full_recompute(cfg, chunks):
   task = _task("decoder_only")
   batch = next(task.input_iterator("train", batch_size=4, train=True, seed=0, process_index=0,
                                    process_count=1))
   params = _unbox(task.init(jax.random.key(0), batch)[0])
-  options = sampler.SamplingOptions(cfg_scale=cfg, temperature=1.0)
+  # chunks > 1: the caption's slots go to the first chunk of the cache.
+  options = sampler.SamplingOptions(cfg_scale=cfg, temperature=1.0, cache_chunks=chunks)
   keys = sampler.image_keys(3, 0, 4)
   cached = sampler.make_sampler(task.model, options, empty_caption=task.empty_caption)
   full = sampler.make_sampler(task.model, options, empty_caption=task.empty_caption,

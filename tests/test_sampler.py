@@ -130,6 +130,21 @@ def test_unrolled_decode_loop_draws_the_same_tokens(tiny):
       _run(tiny, dataclasses.replace(opts, unroll=4), seed=3), _run(tiny, opts, seed=3))
 
 
+@pytest.mark.parametrize("chunks", [2, 4, 16])
+def test_chunked_cache_draws_the_same_tokens(tiny, chunks):
+  """Decoding in chunks that attend only to the filled part of the cache
+  draws the tokens of one fully masked buffer."""
+  opts = SamplingOptions(temperature=1.0, top_k=8, cfg_scale=2.0)
+  np.testing.assert_array_equal(
+      _run(tiny, dataclasses.replace(opts, cache_chunks=chunks), seed=3), _run(tiny, opts, seed=3))
+
+
+def test_cache_chunks_must_split_the_tokens_evenly():
+  assert sampler.num_cache_chunks(4, 16) == 4
+  with pytest.raises(UserError, match="cache chunks must divide the 16 image tokens, got 3"):
+    sampler.num_cache_chunks(3, 16)
+
+
 def test_top_k_1_and_temperature_to_zero_equal_greedy(tiny):
   greedy = _run(tiny, SamplingOptions(temperature=0.0))
   np.testing.assert_array_equal(_run(tiny, SamplingOptions(top_k=1, temperature=1.0), seed=5), greedy)
@@ -167,18 +182,20 @@ def test_padded_ids_never_sampled(tiny):
                                      SamplingOptions(temperature=1.0, top_k=8, top_p=0.9,
                                                      cfg_scale=2.0, cfg_schedule="linear"),
                                      SamplingOptions(temperature=0.5, cfg_scale=3.0,
-                                                     plausibility=0.1)])
+                                                     plausibility=0.1, cache_chunks=4)])
 def test_cached_equals_full_recompute(tiny, options):
   np.testing.assert_array_equal(_run(tiny, options, seed=4),
                                 _run(tiny, options, seed=4, cached=False))
 
 
-def test_sharded_sampling_equals_single_device(tiny):
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_sharded_sampling_equals_single_device(tiny, chunks):
   from vlgen_jax.train import mesh as mesh_lib
   config = tiny["config"]
   opts = SamplingOptions(temperature=1.0, top_k=16, cfg_scale=2.0)
   text = jnp.concatenate([tiny["text"], tiny["text"][:2]])  # 8 rows
   expected = _run(tiny, opts, seed=9, text=text)
+  opts = dataclasses.replace(opts, cache_chunks=chunks)
   config.mesh.update(data=2, fsdp=2, tensor=2)
   mesh = mesh_lib.create_mesh(config)
   rules = sharding.logical_axis_rules(config)
@@ -243,6 +260,7 @@ def test_sampled_codes_are_plausible_given_the_caption(tiny, cfg_scale):
     (dict(top_p=1.5), "top-p must be in \\(0, 1\\]"),
     (dict(top_k=-1), "top-k must be a non-negative integer"),
     (dict(unroll=0), "unroll must be a positive integer"),
+    (dict(cache_chunks=0), "cache chunks must be a positive integer"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
     (dict(cfg_schedule="cosine"), "cfg schedule must be one of"),
     (dict(plausibility=1.0), "plausibility must be in \\[0, 1\\)"),

@@ -81,22 +81,43 @@ class Attention(nn.Module):
     return self.out(out)
 
   def attend_cached(self, q, k_cache, v_cache, mask):
-    """T queries (B, T, N, H) against a cache (B, N, S, H); `mask` broadcasts
-    to (B, N, T, S) and marks the keys each query may see. Scores and softmax
-    in float32, as in the full forward."""
-    scores = jnp.einsum("btnh,bnsh->bnts", q, k_cache, preferred_element_type=jnp.float32)
+    """T queries (B, T, N, H) against a cache (B, N, S, H), or against the
+    first chunks of a chunked one (a tuple of (B, N, S_i, H) buffers, read
+    as their concatenation; see `write_cache`); `mask` broadcasts to
+    (B, N, T, sum S_i) and marks the keys each query may see. Scores and
+    softmax in float32, as in the full forward."""
+    k_chunks, v_chunks = cache_chunks(k_cache), cache_chunks(v_cache)
+    scores = [jnp.einsum("btnh,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
+              for k in k_chunks]
+    scores = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
     scores = jnp.where(mask, scores * (q.shape[-1] ** -0.5), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_chunks[0].dtype)
     # probs as the left operand, so the dot is (t, s) @ (s, h) per (b, n):
     # written as an einsum to "btnh", XLA made V the left operand (contracting
     # its non-minor dim), which XLA:CPU runs outside its fast matmul kernels.
-    out = jax.lax.dot_general(probs, v_cache, (((3,), (2,)), ((0, 1), (0, 1))))
+    out, offset = 0, 0
+    for v in v_chunks:
+      length = v.shape[2]
+      out = out + jax.lax.dot_general(probs[..., offset:offset + length], v,
+                                      (((3,), (2,)), ((0, 1), (0, 1))))
+      offset += length
     return self.out(jnp.swapaxes(out, 1, 2))
 
 
 def to_cache_layout(x):
   """(B, T, N, H) keys/values -> the cache layout (B, N, T, H)."""
   return jnp.swapaxes(x, 1, 2)
+
+
+def cache_chunks(cache) -> tuple:
+  """A layer's cache as its tuple of chunk buffers (one for an unchunked cache)."""
+  return cache if isinstance(cache, tuple) else (cache,)
+
+
+def cache_length(cache) -> int:
+  """The number of sequence slots a decode step sees in `cache`: all of an
+  unchunked buffer's, the sum over a chunked one's chunks."""
+  return sum(c.shape[2] for c in cache_chunks(cache))
 
 
 def write_cache(cache, new, start):
@@ -106,7 +127,17 @@ def write_cache(cache, new, start):
   A `dynamic_update_slice` of a buffer carried through the decode loop: XLA
   updates it in place. Indices past S - T would be clamped, so callers keep
   windows inside the cache.
+
+  `cache` may also be a tuple of chunk buffers that split the sequence into
+  consecutive pieces: the first chunks of a longer cache, of which the window
+  lies in the last (the AR sampler passes chunks 0..c while it decodes chunk
+  c, so attention reads only the filled part of the cache instead of masking
+  the whole of it: docs/sampling.md). The last chunk is written; the others
+  are returned as they are.
   """
+  if isinstance(cache, tuple):
+    offset = cache_length(cache) - cache[-1].shape[2]
+    return cache[:-1] + (write_cache(cache[-1], new, start - offset),)
   new = to_cache_layout(new).astype(cache.dtype)
   zero = jnp.zeros((), jnp.int32)
   if jnp.ndim(start) == 0:

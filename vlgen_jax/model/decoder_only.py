@@ -26,10 +26,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.attention import Attention, write_cache
+from vlgen_jax.model.attention import Attention, cache_length, write_cache
 from vlgen_jax.model.code_embedding import AppearanceCodes
-from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, layer_key, split_layers,
-                                           unstack_decoder_layers)
+from vlgen_jax.model.image_decoder import (CACHE_AXES, MASKED_LOGIT, constrain_cache, layer_key,
+                                           split_layers, unstack_decoder_layers)
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
 
@@ -67,9 +67,10 @@ class PrefixLayer(nn.Module):
       h = attn_norm(x)
       q = attn.queries(h)
       k, v = attn.keys_values(h)
-      k_cache = layers.constrain(write_cache(cache["k"], k, index), CACHE_AXES)
-      v_cache = layers.constrain(write_cache(cache["v"], v, index), CACHE_AXES)
-      valid = key_mask & (jnp.arange(k_cache.shape[2]) <= index)[None]
+      k_cache = constrain_cache(write_cache(cache["k"], k, index))
+      v_cache = constrain_cache(write_cache(cache["v"], v, index))
+      length = cache_length(k_cache)
+      valid = key_mask[:, :length] & (jnp.arange(length) <= index)[None]
       x = x + attn.attend_cached(q, k_cache, v_cache, valid[:, None, None, :])
       x = x + mlp(mlp_norm(x))
       return x, {"k": k_cache, "v": v_cache}

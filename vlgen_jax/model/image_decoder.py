@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vlgen_jax.model import layers
-from vlgen_jax.model.attention import Attention, to_cache_layout, write_cache
+from vlgen_jax.model.attention import Attention, cache_length, to_cache_layout, write_cache
 from vlgen_jax.model.code_embedding import AppearanceCodes
 from vlgen_jax.model.spec import ModelSpec
 from vlgen_jax.model.stack import layer_stack
@@ -37,6 +37,12 @@ CACHE_AXES = ("cache_batch", "cache_heads", "cache_length", "cache_kv")
 # Logit for ids that are not image codes (BOS, vocabulary padding). Finite,
 # so guidance arithmetic (cond - uncond) stays finite; exp() of it is 0.
 MASKED_LOGIT = -1e9
+
+
+def constrain_cache(cache):
+  """A layer's K or V cache (one buffer, or a tuple of chunks) constrained to
+  `CACHE_AXES`, each buffer alike."""
+  return jax.tree.map(lambda c: layers.constrain(c, CACHE_AXES), cache)
 
 
 class DecoderLayer(nn.Module):
@@ -81,11 +87,11 @@ class DecoderLayer(nn.Module):
       h = self_norm(x)
       q = self_attn.queries(h, positions)
       k, v = self_attn.keys_values(h, positions)
-      k_cache = layers.constrain(write_cache(k_cache, k, start), CACHE_AXES)
-      v_cache = layers.constrain(write_cache(v_cache, v, start), CACHE_AXES)
+      k_cache = constrain_cache(write_cache(k_cache, k, start))
+      v_cache = constrain_cache(write_cache(v_cache, v, start))
       # Each query sees the keys at positions <= its own (earlier tokens and
       # its own window's prefix); later cache slots are stale or empty.
-      valid = jnp.arange(k_cache.shape[2]) <= positions[..., None]
+      valid = jnp.arange(cache_length(k_cache)) <= positions[..., None]
       mask = valid[None, None] if valid.ndim == 2 else valid[:, None]
       x = x + self_attn.attend_cached(q, k_cache, v_cache, mask)
       h = cross_norm(x)

@@ -71,6 +71,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--unroll", type=int, default=None,
                       help="AR: tokens per decode-loop iteration (longer compile, same tokens; "
                            "docs/sampling.md has its measured effect)")
+  parser.add_argument("--cache-chunks", type=int, default=None,
+                      help="AR: decode in this many chunks of positions, each step attending "
+                           "only to the cache's filled chunks instead of masking all of it "
+                           "(default 1; same tokens; docs/sampling.md has its measured effect)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="sampling compute dtype; bfloat16 also casts the weight matrices "
                            "(default: the run's config.dtype)")
@@ -94,7 +98,8 @@ def sampling_overrides(args) -> dict:
               cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
               plausibility=args.plausibility, steps=args.steps,
               mask_schedule=args.mask_schedule, choice_temperature=args.choice_temperature,
-              decoding=args.decoding, draft_len=args.draft_len, unroll=args.unroll)
+              decoding=args.decoding, draft_len=args.draft_len, unroll=args.unroll,
+              cache_chunks=args.cache_chunks)
 
 
 def run(args) -> int:
@@ -147,7 +152,8 @@ def run(args) -> int:
     return partial.STOPPED
   if main_process:
     mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
-            else "ar decoding")
+            else "ar decoding" + (f", {options.cache_chunks} cache chunks"
+                                  if options.cache_chunks > 1 else ""))
     kept = (f" (each one of {args.candidates} kept by {args.scorer}, {args.rerank})"
             if scorer else "")
     rate = (result.done - result.resumed) / max(result.seconds, 1e-9)

@@ -66,6 +66,12 @@ class SamplingOptions:
   # layers once (`decode_variables`) it gains little: 0.91x-1.32x on a
   # 2-core CPU (docs/sampling.md). Same tokens for any value.
   unroll: int = 1
+  # AR: decode in this many consecutive chunks of positions, each step
+  # attending only to the cache's chunks filled so far instead of masking all
+  # of it. Same tokens for any value; one loop body per chunk to compile. On
+  # a CPU it pays for some lengths and not others (docs/sampling.md), so it
+  # is opt-in.
+  cache_chunks: int = 1
 
   def validate(self) -> "SamplingOptions":
     if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -94,6 +100,8 @@ class SamplingOptions:
       raise UserError(f"draft length must be a positive integer, got {self.draft_len}")
     if int(self.unroll) != self.unroll or self.unroll < 1:
       raise UserError(f"unroll must be a positive integer, got {self.unroll}")
+    if int(self.cache_chunks) != self.cache_chunks or self.cache_chunks < 1:
+      raise UserError(f"cache chunks must be a positive integer, got {self.cache_chunks}")
     return self
 
   @classmethod
@@ -245,6 +253,28 @@ def decode_variables(model, params):
   return {"params": prepare(params) if prepare is not None else params}
 
 
+def num_cache_chunks(requested: int, num_tokens: int) -> int:
+  """`requested`, checked to split the `num_tokens` positions evenly."""
+  if num_tokens % requested:
+    raise UserError(f"cache chunks must divide the {num_tokens} image tokens, got {requested}")
+  return requested
+
+
+def split_cache(cache, num_tokens: int, chunks: int):
+  """The decode cache with each layer's self-attention K and V buffer
+  (B, heads, S, kv) split along S into `chunks` tuples of buffers: the image
+  positions are the last `num_tokens` slots (a decoder-only cache holds the
+  caption before them, which goes to the first chunk)."""
+  if chunks == 1:
+    return cache
+  def split(buffer):
+    first = buffer.shape[2] - num_tokens
+    step = num_tokens // chunks
+    return tuple(jnp.split(buffer, [first + step * c for c in range(1, chunks)], axis=2))
+  return dict(cache, self_k=tuple(map(split, cache["self_k"])),
+              self_v=tuple(map(split, cache["self_v"])))
+
+
 def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
                   empty_caption=None, known=None, keep=None, force_guidance: bool = False):
   """text_ids (B, L) int32, keys (B,) -> image tokens (B, N) int32, with the KV cache.
@@ -255,6 +285,10 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   over. `known` (B, N) tokens where `keep` (B, N) is True are forced instead
   of drawn (editing, in raster order). `force_guidance` runs the 2B guided
   batch even at scale 1 (tests check it equals plain sampling).
+
+  The tokens are decoded in `options.cache_chunks` consecutive scans: scan c
+  passes the model the cache's chunks 0..c (`split_cache`), so a step reads
+  the filled part of the cache, not all of it (`attention.write_cache`).
   """
   spec = model.spec
   batch = text_ids.shape[0]
@@ -262,7 +296,8 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   guided = options.guided or force_guidance
   text_ids = guided_text_ids(text_ids, empty_caption, guided)
   variables = {"params": params}
-  cache = model.apply(variables, text_ids, method="prefill")
+  chunks = num_cache_chunks(options.cache_chunks, num_tokens)
+  cache = split_cache(model.apply(variables, text_ids, method="prefill"), num_tokens, chunks)
   step_variables = decode_variables(model, params)
 
   def step(carry, position):
@@ -276,10 +311,30 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
       nxt = jnp.where(keep[:, position], known[:, position], nxt)
     return (nxt, cache), nxt
 
-  bos = jnp.full((batch,), spec.image_bos_id, jnp.int32)
-  positions = jnp.arange(num_tokens, dtype=jnp.int32)
-  _, tokens = jax.lax.scan(step, (bos, cache), positions, unroll=min(options.unroll, num_tokens))
-  return tokens.T
+  token = jnp.full((batch,), spec.image_bos_id, jnp.int32)
+  length = num_tokens // chunks
+  pieces = []
+  for c in range(chunks):
+    visible = cache if chunks == 1 else first_chunks(cache, c + 1)
+    positions = jnp.arange(c * length, (c + 1) * length, dtype=jnp.int32)
+    (token, visible), tokens = jax.lax.scan(step, (token, visible), positions,
+                                            unroll=min(options.unroll, length))
+    cache = visible if chunks == 1 else merge_chunks(visible, cache)
+    pieces.append(tokens)
+  return jnp.concatenate(pieces).T
+
+
+def first_chunks(cache, n: int):
+  """A chunked cache (`split_cache`) with only its first `n` chunks per layer."""
+  return dict(cache, **{key: tuple(layer[:n] for layer in cache[key])
+                        for key in ("self_k", "self_v")})
+
+
+def merge_chunks(first, cache):
+  """`cache` with its first chunks per layer replaced by those of `first`."""
+  return dict(first, **{key: tuple(new + old[len(new):]
+                                   for new, old in zip(first[key], cache[key]))
+                        for key in ("self_k", "self_v")})
 
 
 def token_probs(logits, options: SamplingOptions):
@@ -438,6 +493,7 @@ def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached:
   """
   from vlgen_jax.tasks.families import get_family
   options.validate()
+  num_cache_chunks(options.cache_chunks, model.spec.num_image_tokens)  # fail before sampling
   empty = None if empty_caption is None else np.asarray(empty_caption)
   if options.decoding == "jacobi":
     if not cached or edit or model.spec.family != "encdec":
