@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vlgen_jax.model import layers
 from vlgen_jax.model.spec import ModelSpec
@@ -95,13 +96,11 @@ class Attention(nn.Module):
     # probs as the left operand, so the dot is (t, s) @ (s, h) per (b, n):
     # written as an einsum to "btnh", XLA made V the left operand (contracting
     # its non-minor dim), which XLA:CPU runs outside its fast matmul kernels.
-    out, offset = 0, 0
-    for v in v_chunks:
-      length = v.shape[2]
-      out = out + jax.lax.dot_general(probs[..., offset:offset + length], v,
-                                      (((3,), (2,)), ((0, 1), (0, 1))))
-      offset += length
-    return self.out(jnp.swapaxes(out, 1, 2))
+    starts = np.cumsum([0] + [v.shape[2] for v in v_chunks])
+    outs = [jax.lax.dot_general(probs if len(v_chunks) == 1 else probs[..., start:stop], v,
+                                (((3,), (2,)), ((0, 1), (0, 1))))
+            for v, start, stop in zip(v_chunks, starts[:-1], starts[1:])]
+    return self.out(jnp.swapaxes(sum(outs[1:], outs[0]), 1, 2))
 
 
 def to_cache_layout(x):
