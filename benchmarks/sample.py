@@ -15,7 +15,7 @@ call reads the weights and the caches once: (param bytes + cache bytes) /
 bandwidth per call). Prints a table and one JSON line.
 
   python benchmarks/sample.py                         # small model, 64 tokens
-  python benchmarks/sample.py --config configs/parti.py:750m --small=false \\
+  python benchmarks/sample.py --config configs/parti.py:750m --no-small \\
       --config.model.image_grid='(32,32)' --batch-sizes 8 --cfg 3 \\
       --config.dtype=bfloat16 --torch no            # the Parti-750M goal on one GPU
 """

@@ -1,6 +1,6 @@
-"""Launch scripts: `bash -n` and shellcheck on every file in launch/, the venv
-helper, and a 2-process x 4-device CPU run (`jax.distributed`, coordinator on
-127.0.0.1) through launch/multiprocess_local.sh that is stopped by SIGTERM
+"""Launch scripts: `bash -n` and shellcheck on every file in launch/ and on
+benchmarks/*.sh, the venv helper, and a 2-process x 4-device CPU run
+(`jax.distributed`, coordinator on 127.0.0.1) through launch/multiprocess_local.sh that is stopped by SIGTERM
 (forwarded to both processes, which agree on the step and checkpoint together,
 each with its data iterator's state), resumed to completion on a mesh whose
 tensor axis spans both processes, and matches a 1-process 8-device run step
@@ -22,7 +22,8 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAUNCH = REPO_ROOT / "launch"
-SCRIPTS = sorted(p for p in LAUNCH.iterdir() if p.is_file())
+SCRIPTS = sorted([p for p in LAUNCH.iterdir() if p.is_file()] +
+                 list((REPO_ROOT / "benchmarks").glob("*.sh")))
 TOY = str(REPO_ROOT / "configs" / "toy.py")
 
 # The toy task, one layer, every step logged (multi-process runs agree on a
