@@ -1,10 +1,11 @@
 """Launch scripts: `bash -n` and shellcheck on every file in launch/ and on
 benchmarks/*.sh, the venv helper, and a 2-process x 4-device CPU run
 (`jax.distributed`, coordinator on 127.0.0.1) through
-launch/multiprocess_local.sh that is stopped by SIGTERM (forwarded to both processes, which agree on the step and checkpoint together,
-each with its data iterator's state), resumed to completion on a mesh whose
-tensor axis spans both processes, and matches a 1-process 8-device run step
-for step. (Two-process sampling and encoding: tests/test_demo.py,
+launch/multiprocess_local.sh that is stopped by SIGTERM (forwarded to both
+processes, which agree on the step and checkpoint together, each with its data
+iterator's state), resumed to completion on a mesh whose tensor axis spans
+both processes, and matches a 1-process 8-device run step for step.
+(Two-process sampling and encoding: tests/test_demo.py,
 tests/test_vq_encode.py.)
 """
 from __future__ import annotations
