@@ -139,10 +139,14 @@ def test_chunked_cache_draws_the_same_tokens(tiny, chunks):
       _run(tiny, dataclasses.replace(opts, cache_chunks=chunks), seed=3), _run(tiny, opts, seed=3))
 
 
-def test_cache_chunks_must_split_the_tokens_evenly():
+def test_cache_chunks_must_split_the_tokens_evenly(tiny):
   assert sampler.num_cache_chunks(4, 16) == 4
   with pytest.raises(UserError, match="cache chunks must divide the 16 image tokens, got 3"):
     sampler.num_cache_chunks(3, 16)
+  # Checked against the run's model when the options are read, before any params load.
+  assert SamplingOptions.from_config(tiny["config"], cache_chunks=4).cache_chunks == 4
+  with pytest.raises(UserError, match="cache chunks must divide the 16 image tokens, got 3"):
+    SamplingOptions.from_config(tiny["config"], cache_chunks=3)
 
 
 def test_top_k_1_and_temperature_to_zero_equal_greedy(tiny):

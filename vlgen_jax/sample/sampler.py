@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from vlgen_jax.errors import UserError
+from vlgen_jax.model.spec import ModelSpec
 
 CFG_SCHEDULES = ("constant", "linear")
 MASK_SCHEDULES = ("cosine", "linear")
@@ -106,14 +107,17 @@ class SamplingOptions:
 
   @classmethod
   def from_config(cls, config, **flags) -> "SamplingOptions":
-    """The run's `config.sample`, each field replaced by a non-None flag; validated.
+    """The run's `config.sample`, each field replaced by a non-None flag;
+    validated, also against the run's model (before its params are loaded).
     Fields a run's config predates take the defaults of this class."""
     values = {}
     for field in dataclasses.fields(cls):
       flag = flags.get(field.name)
       value = flag if flag is not None else config.sample.get(field.name, field.default)
       values[field.name] = type(field.default)(value)
-    return cls(**values).validate()
+    options = cls(**values).validate()
+    num_cache_chunks(options.cache_chunks, ModelSpec.from_config(config).num_image_tokens)
+    return options
 
   @property
   def guided(self) -> bool:
