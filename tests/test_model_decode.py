@@ -62,6 +62,18 @@ def _setup(variant: str):
   return model, params, fns
 
 
+def _teacher_forced(variant: str, seed: int):
+  """(model, params, fns, text, decoder inputs, full-forward logits of the real
+  codes) for 12 random codes per caption."""
+  model, params, fns = _setup(variant)
+  k = model.spec.image_vocab_size
+  text = _text()
+  tokens = np.random.default_rng(seed).integers(0, k, (3, 12)).astype(np.int32)
+  full = np.asarray(fns["forward"](params, text, tokens))[..., :k]
+  inputs = np.asarray(decoder_inputs(jnp.asarray(tokens), model.spec.image_bos_id))
+  return model, params, fns, text, inputs, full
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_cached_decode_equals_full_forward(variant):
   model, params, fns = _setup(variant)
@@ -97,12 +109,8 @@ def test_chunked_cache_decode_equals_full_forward(variant, chunks):
   """Decoding chunk c against the cache's chunks 0..c only (what the AR
   sampler does: attention reads the filled part of the cache) gives the full
   forward's logits."""
-  model, params, fns = _setup(variant)
+  model, params, fns, text, inputs, full = _teacher_forced(variant, seed=3)
   k = model.spec.image_vocab_size
-  text = _text()
-  tokens = np.random.default_rng(3).integers(0, k, (3, 12)).astype(np.int32)
-  full = np.asarray(fns["forward"](params, text, tokens))[..., :k]
-  inputs = np.asarray(decoder_inputs(jnp.asarray(tokens), model.spec.image_bos_id))
   cache = split_cache(fns["init_cache"](params, *fns["encode"](params, text)), 12, chunks)
   assert [c.shape[2] for c in cache["self_k"][0]] == [12 // chunks] * chunks
   steps = []
@@ -181,12 +189,8 @@ def test_greedy_generation_matches_full_forward_argmax(variant):
 def test_window_decode_with_per_row_starts_equals_full_forward(variant):
   """Jacobi decoding's path: 4 tokens per call, each row from its own start
   (re-running positions already in the cache rewrites the same K/V)."""
-  model, params, fns = _setup(variant)
+  model, params, fns, text, inputs, full = _teacher_forced(variant, seed=4)
   k = model.spec.image_vocab_size
-  text = _text()
-  tokens = np.random.default_rng(4).integers(0, k, (3, 12)).astype(np.int32)
-  full = np.asarray(fns["forward"](params, text, tokens))[..., :k]
-  inputs = np.asarray(decoder_inputs(jnp.asarray(tokens), model.spec.image_bos_id))
   encoded, mask = fns["encode"](params, text)
   cache = fns["init_cache"](params, encoded, mask)
   rows = np.arange(3)[:, None]
