@@ -191,8 +191,7 @@ def main(argv=None) -> int:
                                 with_calls=True)
       row = {"impl": "jax", "mode": mode, "decoding": decoding, "cfg_scale": cfg,
              "plausibility": floor, "unroll": unroll, "cache_chunks": chunks,
-             "chunks": sampler.num_cache_chunks(chunks, n_tok)
-             if (mode, decoding) == ("cached", "ar") else 1, "layers": layout, "batch": bs}
+             "layers": layout, "batch": bs}
       variants.append((row, lambda r, fn=fn: fn(params, text,
                                                  place(sampler.image_keys(r, 0, bs)))))
     if ref is not None:
@@ -240,7 +239,7 @@ def main(argv=None) -> int:
         row.update(floor_s=floor_s, ratio_to_floor=t / floor_s)
       rows.append(row)
       print(f"{row['impl']:>5} {row['mode']:>6} {row['decoding']:>6} u={row.get('unroll', 1):<2d} "
-            f"c={row.get('chunks', 1):<2d} "
+            f"c={row.get('cache_chunks', 1):<2d} "
             f"{row.get('layers', ''):7s} "
             f"cfg={row['cfg_scale']:<3g} "
             f"a={row['plausibility']:<4g} batch={bs:<3d} {t*1e3:9.1f} ms  "
@@ -258,7 +257,8 @@ def main(argv=None) -> int:
   for r in rows:
     b, cfg = r["batch"], r["cfg_scale"]
     u = f"_unroll{r['unroll']}" if r.get("unroll", 1) != 1 else ""
-    u += f"_chunks{r['chunks']}" if r.get("cache_chunks", chunk_counts[0]) != chunk_counts[0] else ""
+    if r.get("cache_chunks", chunk_counts[0]) != chunk_counts[0]:
+      u += f"_chunks{r['cache_chunks']}"
     if r["impl"] == "jax" and r["layers"] == "stacked":
       split = find(impl="jax", decoding=r["decoding"], cfg_scale=cfg, batch=b,
                    **{**base, "plausibility": r["plausibility"]})
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
       one = find(impl="jax", decoding="ar", cfg_scale=cfg, batch=b,
                  **{**base, "plausibility": r["plausibility"], "unroll": r["unroll"],
                     "cache_chunks": 1})
-      if one and r["chunks"] > 1:
+      if one and r["cache_chunks"] > 1:
         summary[f"cache_chunks_speedup_b{b}_cfg{cfg:g}{u}"] = one["seconds"] / r["seconds"]
       full = find(impl="jax", mode="full", decoding="ar", cfg_scale=cfg, batch=b,
                   plausibility=r["plausibility"])
@@ -299,7 +299,8 @@ def main(argv=None) -> int:
         "ms per call | µs per token | tokens/s | images/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     unrolled = f" (unroll {r['unroll']})" if r.get("unroll", 1) != 1 else ""
-    unrolled += f" ({r['chunks']} cache chunks)" if r.get("chunks", 1) != 1 else ""
+    unrolled += (f" ({r['cache_chunks']} cache chunks)"
+                 if r["decoding"] == "ar" and r.get("cache_chunks", 1) != 1 else "")
     unrolled += " (stacked layers)" if r.get("layers") == "stacked" else ""
     print(f"| {r['impl']}{' full' if r['mode'] == 'full' else ''} | {r['decoding']}{unrolled} | "
           f"{r['cfg_scale']:g} | {r['plausibility']:g} | {r['batch']} | {r['seconds']*1e3:.0f} | "

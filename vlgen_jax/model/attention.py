@@ -136,7 +136,7 @@ def write_cache(cache, new, start):
   """
   if isinstance(cache, tuple):
     offset = cache_length(cache) - cache[-1].shape[2]
-    return cache[:-1] + (write_cache(cache[-1], new, start - offset),)
+    return cache[:-1] + (write_cache(cache[-1], new, start - offset if offset else start),)
   new = to_cache_layout(new).astype(cache.dtype)
   zero = jnp.zeros((), jnp.int32)
   if jnp.ndim(start) == 0:

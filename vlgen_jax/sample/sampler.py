@@ -266,12 +266,13 @@ def num_cache_chunks(requested: int, num_tokens: int) -> int:
 
 def split_cache(cache, num_tokens: int, chunks: int):
   """The decode cache with each layer's self-attention K and V buffer
-  (B, heads, S, kv) split along S into `chunks` tuples of buffers: the image
-  positions are the last `num_tokens` slots (a decoder-only cache holds the
-  caption before them, which goes to the first chunk)."""
-  if chunks == 1:
-    return cache
+  (B, heads, S, kv) split along S into a tuple of `chunks` buffers (one
+  chunk: the buffer itself, in a tuple): the image positions are the last
+  `num_tokens` slots (a decoder-only cache holds the caption before them,
+  which goes to the first chunk)."""
   def split(buffer):
+    if chunks == 1:
+      return (buffer,)
     first = buffer.shape[2] - num_tokens
     step = num_tokens // chunks
     return tuple(jnp.split(buffer, [first + step * c for c in range(1, chunks)], axis=2))
@@ -319,11 +320,10 @@ def sample_tokens(model, params, text_ids, keys, *, options: SamplingOptions,
   length = num_tokens // chunks
   pieces = []
   for c in range(chunks):
-    visible = cache if chunks == 1 else first_chunks(cache, c + 1)
     positions = jnp.arange(c * length, (c + 1) * length, dtype=jnp.int32)
-    (token, visible), tokens = jax.lax.scan(step, (token, visible), positions,
+    (token, visible), tokens = jax.lax.scan(step, (token, first_chunks(cache, c + 1)), positions,
                                             unroll=min(options.unroll, length))
-    cache = visible if chunks == 1 else merge_chunks(visible, cache)
+    cache = merge_chunks(visible, cache)
     pieces.append(tokens)
   return jnp.concatenate(pieces).T
 
@@ -497,7 +497,6 @@ def make_sampler(model, options: SamplingOptions, *, empty_caption=None, cached:
   """
   from vlgen_jax.tasks.families import get_family
   options.validate()
-  num_cache_chunks(options.cache_chunks, model.spec.num_image_tokens)  # fail before sampling
   empty = None if empty_caption is None else np.asarray(empty_caption)
   if options.decoding == "jacobi":
     if not cached or edit or model.spec.family != "encdec":
