@@ -109,3 +109,53 @@ def test_word_dropout_trains_and_is_checked(tmp_path):
   train(_config("total_steps=4", "eval_every=0", "checkpoint_every=0", "log_every=1",
                 "model.word_dropout=0.5"), str(tmp_path), devices=jax.devices()[:1])
   assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_paste_blocks_replaces_one_block_from_the_next_image():
+  import jax.numpy as jnp
+  from vlgen_jax.tasks.caption import paste_blocks
+  h, w, b = 5, 6, 64
+  grids = np.arange(b)[:, None, None] * 1000 + np.arange(h * w).reshape(1, h, w)
+  pasted, changed = paste_blocks(jnp.asarray(grids.reshape(b, -1)), jax.random.key(3), (h, w), 3)
+  pasted = np.asarray(pasted).reshape(b, h, w)
+  sizes = set()
+  for i in range(b):
+    moved = pasted[i] != grids[i]
+    ys, xs = np.nonzero(moved)
+    k = ys.max() - ys.min() + 1
+    # One k x k square, every code of it from the same k x k block of image i+1.
+    assert moved.sum() == k * k and xs.max() - xs.min() + 1 == k, i
+    src = pasted[i][moved] - ((i + 1) % b) * 1000
+    assert np.all((src >= 0) & (src < h * w)), i
+    sy, sx = np.divmod(src, w)
+    assert sy.max() - sy.min() + 1 == k and sx.max() - sx.min() + 1 == k, i
+    assert np.array_equal(sy - sy.min(), ys - ys.min()) and np.array_equal(sx - sx.min(), xs - xs.min())
+    sizes.add(int(k))
+  assert sizes == {1, 2, 3} and np.asarray(changed).all()
+  # An image pasted with its own copy's codes is not a negative.
+  same = jnp.zeros((4, h * w), jnp.int32)
+  assert not np.asarray(paste_blocks(same, jax.random.key(0), (h, w), 2)[1]).any()
+
+
+def test_matching_loss_is_a_hinge_over_valid_examples():
+  import jax.numpy as jnp
+  from vlgen_jax.tasks.caption import matching_loss
+  pos, neg = jnp.array([-1.0, -1.0, -1.0, -5.0]), jnp.array([-4.0, -2.0, -1.0, 0.0])
+  valid = jnp.array([True, True, True, False])
+  # margins 3, 1, 0 against 2 -> hinge 0, 1, 2; the last is not counted.
+  assert float(matching_loss(pos, neg, valid, 2.0)) == pytest.approx(1.0)
+  assert float(matching_loss(pos, neg, jnp.zeros(4, bool), 2.0)) == 0.0
+
+
+def test_negatives_train_apart_real_and_pasted_images(tmp_path):
+  from vlgen_jax.errors import UserError
+  from vlgen_jax.tasks import build_task
+  with pytest.raises(UserError, match="max_block must be in"):
+    build_task(_config("model.negatives.weight=1.0", "model.negatives.max_block=0"))
+  train(_config("total_steps=60", "eval_every=0", "checkpoint_every=0", "log_every=20",
+                "model.negatives.weight=1.0", "model.negatives.margin=2.0"),
+        str(tmp_path), devices=jax.devices()[:1])
+  logged = [m for m in read_metrics(tmp_path) if "train/matching_accuracy" in m]
+  assert [m["step"] for m in logged] == [20, 40, 60]
+  assert logged[-1]["train/matching_loss"] < logged[0]["train/matching_loss"], logged
+  assert logged[-1]["train/matching_accuracy"] > 0.7, logged  # 0.843 measured

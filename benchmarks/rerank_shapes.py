@@ -1,0 +1,112 @@
+"""Reranking on shapes: one draw of N candidates per caption, judged by the
+pixel detector, kept by each captioner given.
+
+For the first `--num` captions of a split of the t2i run's token dataset and
+each seed, N = `--candidates` images are sampled per caption in one
+`Generator.generate` call (what `vlgen eval --scorer RUN --candidates N`
+draws), and every candidate is checked by the detector. Reported per seed:
+- plain: candidate 0 satisfies (plain sampling at that seed);
+- any: some candidate satisfies (the ceiling of every selection rule);
+- per scorer and rule (`consistent`, `best`; vlgen_jax/sample/rerank.py):
+  the kept candidate satisfies; and the agreement test's precision (of the
+  candidates the captioner reads back as their caption, the fraction that
+  satisfy) and recall (of those that satisfy, the fraction it reads back).
+Prints a table and one JSON object.
+
+  python benchmarks/rerank_shapes.py --workdir T2I --scorers CAP1,CAP2 \\
+      --split heldout --num 200 --candidates 8 --seeds 0,1,2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def judge(scores, agree, ok) -> dict:
+  """Fidelity of each rule and the agreement test's precision / recall, from
+  (n, C) scores, agreements and detector verdicts."""
+  from vlgen_jax.sample import rerank
+  rows = np.arange(ok.shape[0])
+  out = {rule: float(ok[rows, rerank.select(scores, agree, rule)].mean())
+         for rule in rerank.SELECTIONS}
+  out["agree_precision"] = float(ok[agree].mean()) if agree.any() else float("nan")
+  out["agree_recall"] = float(agree[ok].mean()) if ok.any() else float("nan")
+  out["agree_fraction"] = float(agree.mean())
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="a t2i run")
+  p.add_argument("--vq-workdir", default=None)
+  p.add_argument("--scorers", required=True, help="comma-separated captioner runs")
+  p.add_argument("--split", default="heldout")
+  p.add_argument("--num", type=int, default=200)
+  p.add_argument("--candidates", type=int, default=8)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--temperature", type=float, default=None)
+  p.add_argument("--top-k", type=int, default=None)
+  p.add_argument("--cfg-scale", type=float, default=None)
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--json-out", default="")
+  args = p.parse_args(argv)
+
+  from tqdm import tqdm
+
+  from vlgen_jax import files
+  from vlgen_jax.eval.evaluate import split_captions
+  from vlgen_jax.runs import t2i_config
+  from vlgen_jax.sample import rerank
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  from vlgen_jax.shapes.captioning import satisfies
+
+  rerank.check_candidates(args.candidates)
+  config = t2i_config(args.workdir)
+  options = SamplingOptions.from_config(config, temperature=args.temperature, top_k=args.top_k,
+                                        cfg_scale=args.cfg_scale)
+  gen = Generator.load(args.workdir, vq_workdir=args.vq_workdir)
+  scorers = [rerank.load_scorer(path, gen) for path in args.scorers.split(",")]
+  captions = split_captions(config, args.split, args.num)
+  expanded = [c for c in captions for _ in range(args.candidates)]
+  shape = (len(captions), args.candidates)
+
+  result = {"run": os.path.abspath(args.workdir), "step": gen.step, "split": args.split,
+            "captions": len(captions), "candidates": args.candidates,
+            "temperature": options.temperature, "top_k": options.top_k,
+            "cfg_scale": options.cfg_scale,
+            "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
+  print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best precision recall")
+  for seed in (int(s) for s in args.seeds.split(",")):
+    start = time.perf_counter()
+    images, tokens = gen.generate(expanded, options, seed=seed, batch_size=args.batch_size)
+    sample_s = time.perf_counter() - start
+    ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
+                                                     desc="detector", leave=False)]).reshape(shape)
+    row = {"plain": float(ok[:, 0].mean()), "any": float(ok.any(axis=1).mean()),
+           "sample_seconds": sample_s, "scorers": []}
+    line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"
+    for scorer in scorers:
+      scores, agree = scorer.score_and_agreement(tokens, expanded)
+      judged = judge(np.asarray(scores).reshape(shape), np.asarray(agree, bool).reshape(shape), ok)
+      row["scorers"].append(judged)
+      line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} "
+               f"{judged['agree_precision']:.3f} {judged['agree_recall']:.3f}")
+    result["seeds"][seed] = row
+    print(line, flush=True)
+  print(json.dumps(result))
+  if args.json_out:
+    files.write_json(args.json_out, result)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
