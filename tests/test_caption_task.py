@@ -159,3 +159,13 @@ def test_negatives_train_apart_real_and_pasted_images(tmp_path):
   assert [m["step"] for m in logged] == [20, 40, 60]
   assert logged[-1]["train/matching_loss"] < logged[0]["train/matching_loss"], logged
   assert logged[-1]["train/matching_accuracy"] > 0.7, logged  # 0.843 measured
+
+
+def test_visible_change_ignores_codes_that_draw_the_same_patch():
+  import jax.numpy as jnp
+  from vlgen_jax.tasks.caption import visible_change
+  # Codes 0 and 1 both draw black; code 2 draws white.
+  appearance = np.array([[0.0, 0.0], [0.0, 0.01], [1.0, 1.0]], np.float32)
+  tokens = jnp.array([[0, 0, 2], [0, 0, 2], [0, 0, 2]])
+  pasted = jnp.array([[1, 0, 2], [2, 0, 2], [0, 0, 0]])
+  assert np.asarray(visible_change(tokens, pasted, appearance, 0.02)).tolist() == [False, True, True]

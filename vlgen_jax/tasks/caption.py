@@ -63,6 +63,29 @@ def paste_blocks(image_tokens, rng, grid: tuple[int, int], max_block: int):
   return pasted, jnp.any(pasted != image_tokens, axis=-1)
 
 
+def code_appearance(config, num_codes: int):
+  """(K, F) mean training patch of each code, written by `vlgen encode`."""
+  from vlgen_jax.data import token_records
+  from vlgen_jax.errors import UserError
+  if config.data.source != "tokens" or not config.data.data_dir:
+    raise UserError("config.model.negatives.min_change > 0 needs a token dataset "
+                    "(data.source=tokens): what each code draws comes from it")
+  mean, _ = token_records.read_code_appearance(config.data.data_dir)
+  if mean.shape[0] != num_codes:
+    raise UserError(f"token dataset {config.data.data_dir} describes {mean.shape[0]} codes; "
+                    f"config.model.image_vocab_size is {num_codes}")
+  return mean
+
+
+def visible_change(tokens, pasted, appearance, min_change: float):
+  """(B,) bool: some position's code draws a different patch, by more than
+  `min_change` mean absolute difference of the codes' appearance (K, F)."""
+  import jax.numpy as jnp
+  table = jnp.asarray(appearance, jnp.float32)
+  diff = jnp.mean(jnp.abs(table[tokens] - table[pasted]), axis=-1)
+  return jnp.max(diff, axis=-1) > min_change
+
+
 def caption_log_prob(logits, targets, mask):
   """(B,) summed log p(target ids) over the caption's scored positions."""
   import jax
@@ -145,9 +168,15 @@ class CaptionTask(TextToImageTask):
     self.negative_weight = float(negatives.get("weight", 0.0))
     self.negative_margin = float(negatives.get("margin", 0.0))
     self.negative_block = int(negatives.get("max_block", 1))
+    self.negative_min_change = float(negatives.get("min_change", 0.0))
     if self.negative_weight < 0 or self.negative_margin < 0:
       raise UserError("config.model.negatives.weight and .margin must be >= 0, got "
                       f"{self.negative_weight} and {self.negative_margin}")
+    self.appearance = None
+    if self.negative_weight > 0 and self.negative_min_change > 0:
+      # What a code shows (its mean training patch, in [0, 1]) decides whether
+      # a paste changed the image: many codes draw the same background.
+      self.appearance = code_appearance(config, self.spec.image_vocab_size)
     if not 1 <= self.negative_block <= min(self.spec.image_grid):
       raise UserError(f"config.model.negatives.max_block must be in [1, "
                       f"{min(self.spec.image_grid)}] (the token grid), got {self.negative_block}")
@@ -174,6 +203,9 @@ class CaptionTask(TextToImageTask):
       if self.negative_weight > 0:
         negatives, changed = paste_blocks(image_tokens, jax.random.fold_in(drop_rng, 2),
                                           self.spec.image_grid, self.negative_block)
+        if self.appearance is not None:
+          changed = visible_change(image_tokens, negatives, self.appearance,
+                                   self.negative_min_change)
       if self.cond_dropout > 0:
         image_tokens = drop_images(image_tokens, drop_rng, self.cond_dropout,
                                    null_image_id(self.spec))
