@@ -57,6 +57,8 @@ def main(argv=None) -> int:
   p.add_argument("--cfg-scale", type=float, default=None)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--json-out", default="")
+  p.add_argument("--arrays-out", default="",
+                 help="an .npz of every candidate's detector verdict, score and agreement")
   args = p.parse_args(argv)
 
   from tqdm import tqdm
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
             "temperature": options.temperature, "top_k": options.top_k,
             "cfg_scale": options.cfg_scale,
             "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
+  arrays = {}
   print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best precision recall")
   for seed in (int(s) for s in args.seeds.split(",")):
     start = time.perf_counter()
@@ -91,11 +94,13 @@ def main(argv=None) -> int:
     sample_s = time.perf_counter() - start
     ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
                                                      desc="detector", leave=False)]).reshape(shape)
+    arrays[f"ok_{seed}"] = ok
     row = {"plain": float(ok[:, 0].mean()), "any": float(ok.any(axis=1).mean()),
            "sample_seconds": sample_s, "scorers": []}
     line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"
-    for scorer in scorers:
+    for k, scorer in enumerate(scorers):
       scores, agree = scorer.score_and_agreement(tokens, expanded)
+      arrays[f"score_{seed}_{k}"], arrays[f"agree_{seed}_{k}"] = scores, agree
       judged = judge(np.asarray(scores).reshape(shape), np.asarray(agree, bool).reshape(shape), ok)
       row["scorers"].append(judged)
       line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} "
@@ -105,6 +110,9 @@ def main(argv=None) -> int:
   print(json.dumps(result))
   if args.json_out:
     files.write_json(args.json_out, result)
+  if args.arrays_out:
+    with files.atomic_path(args.arrays_out, suffix=".npz") as tmp:
+      np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
   return 0
 
 

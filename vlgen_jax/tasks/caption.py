@@ -37,73 +37,6 @@ def drop_words(text_ids, rng, rate: float):
   return jnp.where(drop, jnp.asarray(UNK_ID, text_ids.dtype), text_ids)
 
 
-def paste_blocks(image_tokens, rng, grid: tuple[int, int], max_block: int):
-  """Negative images for image-text matching: each example's (H', W') code
-  grid with one k x k block (k uniform in 1..max_block, at a random place)
-  replaced by a k x k block from a random place of the next example in the
-  batch. Returns (tokens (B, N), changed (B,) bool: some code differs)."""
-  import jax
-  import jax.numpy as jnp
-  b, (h, w) = image_tokens.shape[0], grid
-  grids = image_tokens.reshape(b, h, w)
-  k_rng, dst_rng, src_rng = jax.random.split(rng, 3)
-  k = jax.random.randint(k_rng, (b,), 1, max_block + 1)
-  # Top-left corners that keep the block inside the grid.
-  dy, dx = (jnp.floor(jax.random.uniform(r, (b,)) * (n - k + 1)).astype(jnp.int32)
-            for r, n in zip(jax.random.split(dst_rng), (h, w)))
-  sy, sx = (jnp.floor(jax.random.uniform(r, (b,)) * (n - k + 1)).astype(jnp.int32)
-            for r, n in zip(jax.random.split(src_rng), (h, w)))
-  # The next example's grid moved so that its block at (sy, sx) sits at (dy, dx).
-  source = jax.vmap(lambda g, y, x: jnp.roll(g, (y, x), axis=(0, 1)))(
-      jnp.roll(grids, -1, axis=0), dy - sy, dx - sx)
-  rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
-  inside = ((rows >= dy[:, None, None]) & (rows < (dy + k)[:, None, None])
-            & (cols >= dx[:, None, None]) & (cols < (dx + k)[:, None, None]))
-  pasted = jnp.where(inside, source, grids).reshape(b, h * w)
-  return pasted, jnp.any(pasted != image_tokens, axis=-1)
-
-
-def code_appearance(config, num_codes: int):
-  """(K, F) mean training patch of each code, written by `vlgen encode`."""
-  from vlgen_jax.data import token_records
-  from vlgen_jax.errors import UserError
-  if config.data.source != "tokens" or not config.data.data_dir:
-    raise UserError("config.model.negatives.min_change > 0 needs a token dataset "
-                    "(data.source=tokens): what each code draws comes from it")
-  mean, _ = token_records.read_code_appearance(config.data.data_dir)
-  if mean.shape[0] != num_codes:
-    raise UserError(f"token dataset {config.data.data_dir} describes {mean.shape[0]} codes; "
-                    f"config.model.image_vocab_size is {num_codes}")
-  return mean
-
-
-def visible_change(tokens, pasted, appearance, min_change: float):
-  """(B,) bool: some position's code draws a different patch, by more than
-  `min_change` mean absolute difference of the codes' appearance (K, F)."""
-  import jax.numpy as jnp
-  table = jnp.asarray(appearance, jnp.float32)
-  diff = jnp.mean(jnp.abs(table[tokens] - table[pasted]), axis=-1)
-  return jnp.max(diff, axis=-1) > min_change
-
-
-def caption_log_prob(logits, targets, mask):
-  """(B,) summed log p(target ids) over the caption's scored positions."""
-  import jax
-  import jax.numpy as jnp
-  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-  lp = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return jnp.sum(jnp.where(mask, lp, 0.0), axis=-1)
-
-
-def matching_loss(lp_pos, lp_neg, valid, margin: float):
-  """Hinge on caption log-probs: log p(c | image) must beat log p(c | negative
-  image) by `margin` nats; mean over `valid` examples (0 if none)."""
-  import jax.numpy as jnp
-  w = valid.astype(jnp.float32)
-  hinge = jnp.maximum(0.0, margin - (lp_pos - lp_neg))
-  return jnp.sum(w * hinge) / jnp.maximum(jnp.sum(w), 1.0)
-
-
 def caption_targets(text_ids):
   """(targets (B, L-1), mask (B, L-1) bool) of the decoder's L-1 positions."""
   from vlgen_jax.text.tokenizer import PAD_ID
@@ -160,26 +93,10 @@ class CaptionTask(TextToImageTask):
       # cannot be restored inside a trace.
       self.vq_params = load_vq_params(vq_run, vq_step)
     self.model = captioner.Model(self.spec, vq_config)
-    from vlgen_jax.errors import UserError
     self.word_dropout = float(config.model.get("word_dropout", 0.0))
     if not 0.0 <= self.word_dropout < 1.0:
+      from vlgen_jax.errors import UserError
       raise UserError(f"config.model.word_dropout must be in [0, 1), got {self.word_dropout}")
-    negatives = config.model.get("negatives") or {}
-    self.negative_weight = float(negatives.get("weight", 0.0))
-    self.negative_margin = float(negatives.get("margin", 0.0))
-    self.negative_block = int(negatives.get("max_block", 1))
-    self.negative_min_change = float(negatives.get("min_change", 0.0))
-    if self.negative_weight < 0 or self.negative_margin < 0:
-      raise UserError("config.model.negatives.weight and .margin must be >= 0, got "
-                      f"{self.negative_weight} and {self.negative_margin}")
-    self.appearance = None
-    if self.negative_weight > 0 and self.negative_min_change > 0:
-      # What a code shows (its mean training patch, in [0, 1]) decides whether
-      # a paste changed the image: many codes draw the same background.
-      self.appearance = code_appearance(config, self.spec.image_vocab_size)
-    if not 1 <= self.negative_block <= min(self.spec.image_grid):
-      raise UserError(f"config.model.negatives.max_block must be in [1, "
-                      f"{min(self.spec.image_grid)}] (the token grid), got {self.negative_block}")
 
   def init(self, rng, batch: dict):
     from vlgen_jax.model import code_embedding
@@ -197,45 +114,21 @@ class CaptionTask(TextToImageTask):
     from vlgen_jax.model.captioner import null_image_id
     from vlgen_jax.tasks.losses import token_cross_entropy
     text_ids, image_tokens = batch["text_ids"], batch["image_tokens"]
-    inputs, rngs, negatives = text_ids, {}, None
+    inputs, rngs = text_ids, {}
     if train:
       drop_rng, dropout_rng = jax.random.split(rng)
-      if self.negative_weight > 0:
-        negatives, changed = paste_blocks(image_tokens, jax.random.fold_in(drop_rng, 2),
-                                          self.spec.image_grid, self.negative_block)
-        if self.appearance is not None:
-          changed = visible_change(image_tokens, negatives, self.appearance,
-                                   self.negative_min_change)
       if self.cond_dropout > 0:
         image_tokens = drop_images(image_tokens, drop_rng, self.cond_dropout,
                                    null_image_id(self.spec))
       if self.word_dropout > 0:
         inputs = drop_words(text_ids, jax.random.fold_in(drop_rng, 1), self.word_dropout)
       rngs = {"dropout": dropout_rng}
-    targets, mask = caption_targets(text_ids)
     # The model reads inputs[:, :-1]; targets are always the true ids.
-    if negatives is None:
-      logits = self.model.apply({"params": params}, image_tokens, inputs, train=train, rngs=rngs)
-    else:
-      # Positives and negatives in one pass, with the same (word-dropped) inputs.
-      both = self.model.apply({"params": params}, jnp.concatenate([image_tokens, negatives]),
-                              jnp.concatenate([inputs, inputs]), train=train, rngs=rngs)
-      logits, negative_logits = jnp.split(both, 2)
+    logits = self.model.apply({"params": params}, image_tokens, inputs, train=train, rngs=rngs)
+    targets, mask = caption_targets(text_ids)
     loss, metrics = token_cross_entropy(logits, targets, z_loss=self.z_loss, weights=mask)
     right = (jnp.argmax(logits, axis=-1) == targets) | ~mask
     metrics["exact_caption_accuracy"] = jnp.mean(jnp.all(right, axis=-1).astype(jnp.float32))
-    if negatives is not None:
-      # Images replaced by "no image" have no negative to compare with.
-      valid = changed & jnp.any(image_tokens != null_image_id(self.spec), axis=-1)
-      lp_pos = caption_log_prob(logits, targets, mask)
-      lp_neg = caption_log_prob(negative_logits, targets, mask)
-      matching = matching_loss(lp_pos, lp_neg, valid, self.negative_margin)
-      loss = loss + self.negative_weight * matching
-      w = valid.astype(jnp.float32)
-      metrics["loss"] = loss
-      metrics["matching_loss"] = matching
-      metrics["matching_accuracy"] = (jnp.sum(w * (lp_pos > lp_neg))
-                                      / jnp.maximum(jnp.sum(w), 1.0))
     return loss, (metrics, model_state)
 
   def evaluate(self, params, model_state, step: int, writer) -> dict[str, float]:

@@ -124,14 +124,6 @@ def caption_config(source: str = "synthetic") -> ml_collections.ConfigDict:
   # (word dropout): the next word must then come from the image, not only
   # from the words before it.
   c.model.word_dropout = 0.0
-  # Image-text matching negatives (off at weight 0): each training image with
-  # a block of up to max_block x max_block codes pasted from another image;
-  # the caption's log-prob on it must be `margin` nats under the real one's,
-  # so content the caption does not mention lowers its score. With min_change
-  # > 0, only pastes whose codes draw visibly different patches (mean training
-  # patch per code, from a token dataset) count as negatives.
-  c.model.negatives = ml_collections.ConfigDict({"weight": 0.0, "margin": 2.0, "max_block": 2,
-                                                 "min_change": 0.0})
   # `vlgen caption` defaults (flags override): beam 1 = greedy; pmi_weight 0 =
   # plain likelihood; mask_previous reads each piece with the one before it
   # hidden (needs word_dropout > 0). vlgen_jax/sample/captioner.py has both.
