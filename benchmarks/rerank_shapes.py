@@ -2,8 +2,8 @@
 pixel detector, kept by each captioner given.
 
 For the first `--num` captions of a split of the t2i run's token dataset and
-each seed, N = `--candidates` images are sampled per caption in one
-`Generator.generate` call (what `vlgen eval --scorer RUN --candidates N`
+each seed, N = `--candidates` images are sampled per caption
+(`rerank.draw_candidates`: what `vlgen eval --scorer RUN --candidates N`
 draws), and every candidate is checked by the detector. Reported per seed:
 - plain: candidate 0 satisfies (plain sampling at that seed);
 - any: some candidate satisfies (the ceiling of every selection rule);
@@ -42,6 +42,13 @@ def judge(scores, agree, ok) -> dict:
   return out
 
 
+def seed_list(text: str) -> list[int]:
+  try:
+    return [int(s) for s in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +58,7 @@ def main(argv=None) -> int:
   p.add_argument("--split", default="heldout")
   p.add_argument("--num", type=int, default=200)
   p.add_argument("--candidates", type=int, default=8)
-  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated ints")
   p.add_argument("--temperature", type=float, default=None)
   p.add_argument("--top-k", type=int, default=None)
   p.add_argument("--cfg-scale", type=float, default=None)
@@ -72,13 +79,14 @@ def main(argv=None) -> int:
   from vlgen_jax.shapes.captioning import satisfies
 
   rerank.check_candidates(args.candidates)
+  if not all(args.scorers.split(",")):
+    p.error(f"--scorers: an empty run name in {args.scorers!r}")
   config = t2i_config(args.workdir)
   options = SamplingOptions.from_config(config, temperature=args.temperature, top_k=args.top_k,
                                         cfg_scale=args.cfg_scale)
   gen = Generator.load(args.workdir, vq_workdir=args.vq_workdir)
   scorers = [rerank.load_scorer(path, gen) for path in args.scorers.split(",")]
   captions = split_captions(config, args.split, args.num)
-  expanded = [c for c in captions for _ in range(args.candidates)]
   shape = (len(captions), args.candidates)
 
   result = {"run": os.path.abspath(args.workdir), "step": gen.step, "split": args.split,
@@ -88,9 +96,11 @@ def main(argv=None) -> int:
             "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
   arrays = {}
   print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best precision recall")
-  for seed in (int(s) for s in args.seeds.split(",")):
+  for seed in args.seeds:
     start = time.perf_counter()
-    images, tokens = gen.generate(expanded, options, seed=seed, batch_size=args.batch_size)
+    images, tokens, expanded = rerank.draw_candidates(gen, captions, options,
+                                                      candidates=args.candidates, seed=seed,
+                                                      batch_size=args.batch_size)
     sample_s = time.perf_counter() - start
     ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
                                                      desc="detector", leave=False)]).reshape(shape)
@@ -99,9 +109,9 @@ def main(argv=None) -> int:
            "sample_seconds": sample_s, "scorers": []}
     line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"
     for k, scorer in enumerate(scorers):
-      scores, agree = scorer.score_and_agreement(tokens, expanded)
+      scores, agree = rerank.read_candidates(scorer, tokens, expanded, args.candidates)
       arrays[f"score_{seed}_{k}"], arrays[f"agree_{seed}_{k}"] = scores, agree
-      judged = judge(np.asarray(scores).reshape(shape), np.asarray(agree, bool).reshape(shape), ok)
+      judged = judge(scores, agree, ok)
       row["scorers"].append(judged)
       line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} "
                f"{judged['agree_precision']:.3f} {judged['agree_recall']:.3f}")
@@ -117,4 +127,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from vlgen_jax.errors import UserError
+  try:
+    sys.exit(main())
+  except UserError as e:  # a wrong run or split: one line, like `vlgen`
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

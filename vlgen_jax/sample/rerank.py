@@ -112,6 +112,27 @@ def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: 
   return images, tokens, kept
 
 
+def draw_candidates(generator, prompts: Sequence[str], options, *, candidates: int,
+                    seed: int = 0, batch_size: int = 16,
+                    progress: Callable[[int], None] | None = None, first_index: int = 0):
+  """`candidates` samples of each prompt in one `generate` call: candidate j of
+  prompt i is image i * candidates + j of the run's seed (output
+  `first_index + i` of a run draws the same). Returns (uint8 images
+  (n * candidates, H, W, 3), tokens (n * candidates, N), the prompt of each)."""
+  check_candidates(candidates)
+  expanded = [p for p in prompts for _ in range(candidates)]
+  images, tokens = generator.generate(expanded, options, seed=seed, batch_size=batch_size,
+                                      progress=progress, first_index=first_index * candidates)
+  return images, tokens, expanded
+
+
+def read_candidates(scorer, tokens, expanded: Sequence[str], candidates: int):
+  """(scores, agreements), each (n, candidates), of `draw_candidates`' output."""
+  scores, agree = scorer.score_and_agreement(tokens, expanded)
+  shape = (len(expanded) // candidates, candidates)
+  return np.asarray(scores).reshape(shape), np.asarray(agree, bool).reshape(shape)
+
+
 def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, candidates: int,
                       seed: int = 0, batch_size: int = 16,
                       progress: Callable[[int], None] | None = None, first_index: int = 0,
@@ -122,14 +143,12 @@ def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, can
   Returns (uint8 images (n, H, W, 3), tokens (n, N), scores (n,) of the kept
   ones, all scores (n, candidates)).
   """
-  check_candidates(candidates)
   check_selection(selection)
-  expanded = [p for p in prompts for _ in range(candidates)]
-  images, tokens = generator.generate(expanded, options, seed=seed, batch_size=batch_size,
-                                      progress=progress, first_index=first_index * candidates)
-  scores, agree = scorer.score_and_agreement(tokens, expanded)
-  scores = np.asarray(scores).reshape(len(prompts), candidates)
-  pick = select(scores, np.asarray(agree, bool).reshape(scores.shape), selection)
+  images, tokens, expanded = draw_candidates(generator, prompts, options, candidates=candidates,
+                                             seed=seed, batch_size=batch_size, progress=progress,
+                                             first_index=first_index)
+  scores, agree = read_candidates(scorer, tokens, expanded, candidates)
+  pick = select(scores, agree, selection)
   rows = np.arange(len(prompts))
   keep = rows * candidates + pick
   return images[keep], tokens[keep], scores[rows, pick], scores
