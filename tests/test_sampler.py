@@ -82,6 +82,25 @@ def test_kth_largest_equals_lax_top_k(dtype):
   assert np.isfinite(np.asarray(sampler.filter_logits(x, top_k=7), np.float32)).all()
 
 
+def test_top_k_keeps_the_same_ids_on_every_backend(monkeypatch):
+  """filter_logits takes the bit search on CPU and lax.top_k elsewhere (a
+  GPU's 32-pass loop waits on the host each pass); both keep the same ids."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((4, 3, 300)).astype(np.float32)
+  x[1] = np.round(x[1])  # ties at the k-th value are kept on both paths
+  x[2, :, :100] = -np.inf
+  for dtype in (jnp.float32, jnp.bfloat16):
+    logits = jnp.asarray(x, dtype)
+    on_cpu = {k: np.asarray(sampler.filter_logits(logits, top_k=k), np.float32)
+              for k in (1, 16, 299)}
+    with monkeypatch.context() as m:
+      m.setattr(jax, "default_backend", lambda: "gpu")
+      for k, want in on_cpu.items():
+        got = np.asarray(sampler.filter_logits(logits, top_k=k), np.float32)
+        np.testing.assert_array_equal(got, want)
+        assert np.isfinite(got).sum() >= 4 * 3 * min(k, 200)
+
+
 def test_top_p_samples_only_from_the_nucleus():
   logits = jnp.log(jnp.asarray([[0.4, 0.35, 0.2, 0.05]] * 4000))
   keys = sampler.image_keys(3, 0, 4000)

@@ -163,7 +163,13 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
   order) is < top_p.
   """
   if 0 < top_k < logits.shape[-1]:  # k >= V keeps every id
-    kth = kth_largest(logits, top_k)
+    # Same threshold either way. The bit search avoids XLA:CPU's slow sort;
+    # on an accelerator its 32-pass loop is a device loop whose every pass
+    # waits on the host, while lax.top_k is one kernel.
+    if jax.default_backend() == "cpu":
+      kth = kth_largest(logits, top_k)
+    else:
+      kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
