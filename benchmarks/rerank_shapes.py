@@ -7,7 +7,8 @@ each seed, N = `--candidates` images are sampled per caption
 draws), and every candidate is checked by the detector. Reported per seed:
 - plain: candidate 0 satisfies (plain sampling at that seed);
 - any: some candidate satisfies (the ceiling of every selection rule);
-- per scorer and rule (`consistent`, `best`; vlgen_jax/sample/rerank.py):
+- per scorer and rule (`consistent`, `best`, `contrastive`;
+  vlgen_jax/sample/rerank.py):
   the kept candidate satisfies; and the agreement test's precision (of the
   candidates the captioner reads back as their caption, the fraction that
   satisfy) and recall (of those that satisfy, the fraction it reads back).
@@ -29,13 +30,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 
-def judge(scores, agree, ok) -> dict:
+def judge(scores, agree, ok, contrast=None) -> dict:
   """Fidelity of each rule and the agreement test's precision / recall, from
-  (n, C) scores, agreements and detector verdicts."""
+  (n, C) scores, agreements and detector verdicts (and contrasts: without
+  them the contrastive rule is left out)."""
   from vlgen_jax.sample import rerank
   rows = np.arange(ok.shape[0])
-  out = {rule: float(ok[rows, rerank.select(scores, agree, rule)].mean())
-         for rule in rerank.SELECTIONS}
+  rules = [r for r in rerank.SELECTIONS if contrast is not None or r != "contrastive"]
+  out = {rule: float(ok[rows, rerank.select(scores, agree, rule, contrast)].mean())
+         for rule in rules}
   out["agree_precision"] = float(ok[agree].mean()) if agree.any() else float("nan")
   out["agree_recall"] = float(agree[ok].mean()) if ok.any() else float("nan")
   out["agree_fraction"] = float(agree.mean())
@@ -65,7 +68,8 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--json-out", default="")
   p.add_argument("--arrays-out", default="",
-                 help="an .npz of every candidate's detector verdict, score and agreement")
+                 help="an .npz of every candidate's detector verdict, score, agreement and "
+                      "contrast")
   args = p.parse_args(argv)
 
   from tqdm import tqdm
@@ -95,7 +99,9 @@ def main(argv=None) -> int:
             "cfg_scale": options.cfg_scale,
             "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
   arrays = {}
-  print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best precision recall")
+  neighbours = rerank.training_neighbours(gen)
+  print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best contrastive "
+        f"precision recall")
   for seed in args.seeds:
     start = time.perf_counter()
     images, tokens, expanded = rerank.draw_candidates(gen, captions, options,
@@ -105,15 +111,18 @@ def main(argv=None) -> int:
     ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
                                                      desc="detector", leave=False)]).reshape(shape)
     arrays[f"ok_{seed}"] = ok
+    contrast = rerank.contrast(gen, tokens, expanded, neighbours,
+                               batch_size=args.batch_size).reshape(shape)
+    arrays[f"contrast_{seed}"] = contrast
     row = {"plain": float(ok[:, 0].mean()), "any": float(ok.any(axis=1).mean()),
            "sample_seconds": sample_s, "scorers": []}
     line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"
     for k, scorer in enumerate(scorers):
       scores, agree = rerank.read_candidates(scorer, tokens, expanded, args.candidates)
       arrays[f"score_{seed}_{k}"], arrays[f"agree_{seed}_{k}"] = scores, agree
-      judged = judge(scores, agree, ok)
+      judged = judge(scores, agree, ok, contrast)
       row["scorers"].append(judged)
-      line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} "
+      line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} {judged['contrastive']:.3f} "
                f"{judged['agree_precision']:.3f} {judged['agree_recall']:.3f}")
     result["seeds"][seed] = row
     print(line, flush=True)

@@ -196,6 +196,98 @@ def test_consistent_selection_takes_the_first_agreeing_else_the_best():
   np.testing.assert_array_equal(select(scores, agree, "best"), [1, 2, 1])
 
 
+def test_contrastive_selection_takes_the_agreeing_candidate_with_the_highest_contrast():
+  from vlgen_jax.sample.rerank import select
+  scores = np.array([[0.1, 0.9, 0.5, 0.2], [0.3, 0.2, 0.8, 0.1], [0.0, 0.4, 0.1, 0.3],
+                     [0.0, 0.1, 0.2, 0.3]])
+  agree = np.array([[False, True, True, False], [False, True, True, False], [False] * 4,
+                    [True, False, True, True]])
+  contrast = np.array([[0.5, -1.0, 0.4, 9.0], [0.0, 0.0, 0.0, 9.0], [-2.0, -3.0, 1.0, 1.0],
+                       [-1.0, 5.0, 2.0, -0.5]])
+  # Row 0: 3 has the highest contrast but is not read as the prompt. Row 1:
+  # no neighbours (all 0), so the first agreeing one, as "consistent". Row 2:
+  # none agrees, so the best scored. Row 3: the highest agreeing contrast.
+  np.testing.assert_array_equal(select(scores, agree, "contrastive", contrast), [2, 1, 1, 2])
+  with pytest.raises(ValueError):
+    select(scores, agree, "contrastive")
+
+
+def test_caption_neighbours_differ_in_exactly_one_word():
+  from vlgen_jax.sample.rerank import CaptionNeighbours
+  pool = ["a red circle", "a blue circle", "a red square", "a blue square", "a red circle",
+          "the red circle on top", "a red circle on top", "red circle"]
+  near = CaptionNeighbours(pool)
+  assert near("a red circle") == ["a blue circle", "a red square"]
+  assert near("a green circle") == ["a blue circle", "a red circle"]  # the prompt need not be in it
+  assert near("a red circle on top") == ["the red circle on top"]
+  assert near("a purple triangle") == []
+  assert CaptionNeighbours(pool, limit=1)("a red circle") == ["a blue circle"]
+
+
+def test_token_log_probs_are_what_training_minimises(demo):
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.tasks.families import get_family
+  gen = Generator.load(str(demo))
+  captions = ["a large red circle in the center", "a small blue square at the top left"] * 5
+  tokens = np.random.default_rng(0).integers(0, gen.spec.image_vocab_size,
+                                             (10, gen.spec.num_image_tokens)).astype(np.int32)
+  lp = gen.token_log_probs(captions, tokens, batch_size=8)
+  assert lp.shape == tokens.shape and lp.dtype == np.float32 and (lp <= 0).all()
+  np.testing.assert_allclose(gen.token_log_probs(captions, tokens, batch_size=16), lp, atol=1e-5)
+  text = gen.tokenizer.encode_batch(captions, gen.spec.text_length)
+  params = jax.device_get(gen.params)
+  _, metrics = get_family(gen.spec.family).loss(gen.model, params, text, tokens,
+                                                jax.random.key(0), train=False, z_loss=0.0)
+  np.testing.assert_allclose(-lp.mean(), float(metrics["ce"]), rtol=1e-5)
+
+
+def test_masked_family_has_no_token_likelihood():
+  from vlgen_jax.errors import UserError
+  from vlgen_jax.tasks.families import get_family
+  with pytest.raises(UserError, match="masked"):
+    get_family("masked").token_log_probs(None, None, None, None)
+
+
+def test_contrastive_reranking_keeps_the_candidate_with_the_highest_contrast(demo):
+  from vlgen_jax.sample import rerank
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  gen = Generator.load(str(demo))
+  scorer = rerank.load_scorer(str(demo), gen)
+  neighbours = rerank.training_neighbours(gen)
+  prompts = ["a large red circle in the center", "a small blue square at the top left",
+             "the quick brown fox"]
+  assert neighbours(prompts[0]) and not neighbours(prompts[2])
+  options = SamplingOptions(temperature=1.0)
+  images, tokens, kept, scores = rerank.generate_reranked(
+      gen, scorer, prompts, options, candidates=3, seed=5, batch_size=8, selection="contrastive")
+  expanded = [p for p in prompts for _ in range(3)]
+  plain_images, plain_tokens = gen.generate(expanded, options, seed=5, batch_size=16)
+  # The contrast from first principles: per-token log-probs of the model's
+  # own teacher-forced logits, prompt minus each neighbour, lowest of all.
+  text = lambda cs: gen.tokenizer.encode_batch(cs, gen.spec.text_length)  # noqa: E731
+  params = jax.device_get(gen.params)
+
+  def lp(captions, toks):
+    logits = np.asarray(gen.model.apply({"params": params}, text(captions), toks), np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, toks[..., None], -1)[..., 0]
+  want = np.zeros(9)
+  for n, prompt in enumerate(expanded):
+    alts = neighbours(prompt)
+    if alts:
+      own = lp([prompt], plain_tokens[n:n + 1])
+      want[n] = (own - lp(alts, np.repeat(plain_tokens[n:n + 1], len(alts), 0))).min()
+  got = rerank.contrast(gen, plain_tokens, expanded, neighbours, batch_size=8)
+  np.testing.assert_allclose(got, want, atol=2e-4)
+  assert (got[6:] == 0).all() and (got[:6] != 0).all()
+  agree = np.asarray(scorer.score_and_agreement(plain_tokens, expanded)[1]).reshape(3, 3)
+  pick = rerank.select(scores, agree, "contrastive", want.reshape(3, 3))
+  np.testing.assert_array_equal(tokens, plain_tokens[np.arange(3) * 3 + pick])
+  np.testing.assert_array_equal(images, plain_images[np.arange(3) * 3 + pick])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--scorer", "SCORER", "--rerank", "top"], "--rerank must be one of consistent, best"),
     (["--scorer", "SCORER", "--candidates", "0"], "--candidates must be a positive integer"),

@@ -61,3 +61,8 @@ def test_rerank_judge_counts_the_kept_candidate_of_each_rule():
   assert judged["agree_precision"] == pytest.approx(2 / 3)
   assert judged["agree_recall"] == pytest.approx(1 / 2)
   assert judged["agree_fraction"] == pytest.approx(3 / 9)
+  assert "contrastive" not in judged
+  # Contrasts: row 0 keeps agreeing candidate 2 (higher contrast), row 1 (none
+  # agrees) candidate 0, row 2 the one agreeing candidate 0: all pass.
+  contrast = np.array([[0.0, -1.0, 0.5], [2.0, 0.0, 0.0], [-5.0, 3.0, 3.0]])
+  assert bench.judge(scores, agree, ok, contrast)["contrastive"] == pytest.approx(1.0)

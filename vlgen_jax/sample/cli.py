@@ -43,7 +43,9 @@ def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--rerank", default="consistent",
                       help="which candidate is kept: consistent = the first whose greedy caption "
                            "is the prompt, else the best scored (keeps the samples varied); "
-                           "best = the highest caption likelihood (Parti)")
+                           "best = the highest caption likelihood (Parti); contrastive = "
+                           "among those read as the prompt, the one the t2i model itself "
+                           "likes least for any training caption one word away")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -153,6 +153,33 @@ class Generator:
         progress(real)
     return np.concatenate(images), np.concatenate(tokens)
 
+  def token_log_probs(self, captions: Sequence[str], tokens: np.ndarray, *,
+                      batch_size: int = 64) -> np.ndarray:
+    """(n, N) fp32 log p(token | caption, tokens before it) of image tokens
+    (n, N) under caption i (`Family.token_log_probs`), in fixed-size batches."""
+    import jax
+    from vlgen_jax.sample import sampler
+    from vlgen_jax.tasks.families import get_family
+    from vlgen_jax.train import sharding
+    if "token_log_probs" not in self._samplers:
+      family = get_family(self.spec.family)
+      rows = sharding.batch_sharding(self.mesh)
+      fn = jax.jit(lambda p, t, x: family.token_log_probs(self.model, p, t, x),
+                   in_shardings=(self.param_shardings, rows, rows), out_shardings=rows)
+      self._samplers["token_log_probs"] = fn
+    fn = self._samplers["token_log_probs"]
+    dp = self.data_parallel_size
+    batch_size = max(dp, -(-batch_size // dp) * dp)
+    text = self.tokenizer.encode_batch(list(captions), self.spec.text_length)
+    tokens = np.asarray(tokens, np.int32)
+    out = []
+    for start in range(0, len(text), batch_size):
+      t, real = sampler.pad_batch(text[start:start + batch_size], batch_size)
+      x, _ = sampler.pad_batch(tokens[start:start + batch_size], batch_size)
+      with sharding.mesh_context(self.mesh, self.rules):
+        out.append(self.to_host(fn(self.params, self.to_global(t), self.to_global(x)))[:real])
+    return np.concatenate(out) if out else np.zeros((0, self.spec.num_image_tokens), np.float32)
+
   def example_bytes(self) -> int:
     """A rough upper bound of the device memory one image takes while it is
     sampled and decoded (float32): self- and cross-attention caches of every

@@ -1,7 +1,7 @@
 """Reranking: sample N candidates per prompt, keep one a captioner reads as
 the prompt.
 
-Two rules pick the kept candidate (`SELECTIONS`):
+Three rules pick the kept candidate (`SELECTIONS`):
 - "consistent" (default): the first candidate, in seed order, whose greedy
   caption is exactly the prompt (the captioner's argmax at every position of
   the teacher-forced prompt); if none is, the highest-scored one. This is
@@ -10,6 +10,17 @@ Two rules pick the kept candidate (`SELECTIONS`):
 - "best" (Parti): the highest-scored candidate. The captioner is most sure of
   typical images, so this also narrows the samples towards them (on shapes:
   objects drawn nearer their cell's centre; docs/captioning.md has numbers).
+- "contrastive": among the candidates the captioner agrees with, the one
+  with the highest `contrast`, the first in seed order among equals; if it
+  agrees with none, the highest-scored one. A candidate's contrast is the lowest, over its image tokens and
+  over the prompt's neighbours (training captions one word away: another
+  colour, shape, place), of log p(token | prompt) - log p(token | neighbour)
+  under the t2i model itself. A part drawn for a neighbour (a blue piece of a
+  purple circle) makes it negative, even where the captioner reads the whole
+  image as the prompt. With no neighbours it is 0 and the rule is
+  "consistent". Many candidates share their lowest token (often the first),
+  so equal contrasts are common. Costs 1 + (neighbours, at most
+  `MAX_NEIGHBOURS`) teacher-forced t2i passes per candidate.
 
 The scorer reads the t2i run's image tokens directly, so both runs must
 share the VQ (same codes) and the caption tokenizer (same ids); `check_pair`
@@ -22,11 +33,15 @@ p(prompt | no image) is the same constant, so PMI would rank them alike.
 """
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
 
 from vlgen_jax.errors import UserError
+
+MAX_NEIGHBOURS = 16
 
 
 def params_fingerprint(params) -> str:
@@ -55,7 +70,7 @@ def check_pair(generator, scorer) -> None:
                     f"{generator.spec.image_vocab_size} on {generator.spec.image_grid}")
 
 
-SELECTIONS = ("consistent", "best")
+SELECTIONS = ("consistent", "best", "contrastive")
 
 
 def check_candidates(candidates: int) -> None:
@@ -86,13 +101,80 @@ def load_scorer(path: str | None, generator):
   return scorer
 
 
-def select(scores: np.ndarray, agree: np.ndarray, selection: str) -> np.ndarray:
+def select(scores: np.ndarray, agree: np.ndarray, selection: str,
+           contrast: np.ndarray | None = None) -> np.ndarray:
   """Index of the kept candidate per row of (n, candidates) scores and
-  agreements (module docstring)."""
+  agreements (and contrasts, for "contrastive"; module docstring)."""
   best = np.argmax(scores, axis=1)
   if selection == "best":
     return best
+  if selection == "contrastive":
+    if contrast is None:
+      raise ValueError("the contrastive rule needs each candidate's contrast")
+    # argmax takes the first of equal contrasts: seed order, as "consistent".
+    first = np.argmax(np.where(agree, contrast, -np.inf), axis=1)
+    return np.where(agree.any(axis=1), first, best)
   return np.where(agree.any(axis=1), np.argmax(agree, axis=1), best)
+
+
+class CaptionNeighbours:
+  """The captions of a pool that differ from a caption in exactly one word
+  (same number of words): the alternatives the contrastive rule tests a
+  candidate against. Sorted, at most `limit` per caption."""
+
+  def __init__(self, pool: Sequence[str], limit: int = MAX_NEIGHBOURS):
+    self.limit = limit
+    self._index = collections.defaultdict(set)
+    for caption in set(pool):
+      for key in self._keys(caption):
+        self._index[key].add(caption)
+
+  @staticmethod
+  def _keys(caption: str):
+    words = caption.split()
+    return [(len(words), i, tuple(words[:i]), tuple(words[i + 1:])) for i in range(len(words))]
+
+  def __call__(self, caption: str) -> list[str]:
+    found = set()
+    for key in self._keys(caption):
+      found |= self._index.get(key, set())
+    found.discard(caption)
+    return sorted(found)[:self.limit]
+
+
+@functools.lru_cache(maxsize=4)
+def _training_neighbours(data_dir: str) -> CaptionNeighbours:
+  from vlgen_jax.data import token_records
+  source = token_records.TokenRecordSource(data_dir, "train")
+  return CaptionNeighbours([token_records.decode_token_record(source[i])[1]
+                            for i in range(len(source))])
+
+
+def training_neighbours(generator) -> CaptionNeighbours:
+  """Neighbours among the t2i run's training captions (its token dataset)."""
+  data = generator.config.data
+  if data.source != "tokens" or not data.data_dir:
+    raise UserError("--rerank contrastive needs the t2i run's training captions, and the run "
+                    "was not trained on a token dataset (data.source=tokens)")
+  return _training_neighbours(str(data.data_dir))
+
+
+def contrast(generator, tokens: np.ndarray, expanded: Sequence[str], neighbours, *,
+             batch_size: int = 64) -> np.ndarray:
+  """(len(expanded),) each candidate's contrast (module docstring): min over
+  the prompt's neighbours and the image tokens of log p(token | prompt) -
+  log p(token | neighbour); 0 where the prompt has no neighbours."""
+  own = generator.token_log_probs(expanded, tokens, batch_size=batch_size)
+  alternatives = [neighbours(prompt) for prompt in expanded]
+  rows = np.repeat(np.arange(len(expanded)), [len(a) for a in alternatives])
+  flat = [a for alts in alternatives for a in alts]
+  out = np.zeros(len(expanded), np.float32)
+  if flat:
+    other = generator.token_log_probs(flat, np.asarray(tokens)[rows], batch_size=batch_size)
+    lowest = (own[rows] - other).min(axis=1)
+    out[np.unique(rows)] = np.inf
+    np.minimum.at(out, rows, lowest)
+  return out
 
 
 def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: int = 1,
@@ -148,7 +230,11 @@ def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, can
                                              seed=seed, batch_size=batch_size, progress=progress,
                                              first_index=first_index)
   scores, agree = read_candidates(scorer, tokens, expanded, candidates)
-  pick = select(scores, agree, selection)
+  contrasts = None
+  if selection == "contrastive":
+    contrasts = contrast(generator, tokens, expanded, training_neighbours(generator),
+                         batch_size=batch_size).reshape(scores.shape)
+  pick = select(scores, agree, selection, contrasts)
   rows = np.arange(len(prompts))
   keep = rows * candidates + pick
   return images[keep], tokens[keep], scores[rows, pick], scores

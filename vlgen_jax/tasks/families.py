@@ -52,6 +52,15 @@ class Family:
     from vlgen_jax.sample import sampler
     return sampler.sample_tokens if cached else sampler.sample_tokens_full_recompute
 
+  def token_log_probs(self, model, params, text_ids, image_tokens):
+    """(B, N) fp32 log p(token n | caption, tokens before n), teacher-forced:
+    what `loss` trains (the contrastive rerank compares captions with it)."""
+    import jax
+    import jax.numpy as jnp
+    logits = model.apply({"params": params}, text_ids, image_tokens)
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, image_tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
 
 class EncoderDecoder(Family):
   """Text encoder + causal image decoder with cross-attention (Parti)."""
@@ -104,6 +113,10 @@ class Masked(Family):
   def sample_function(self, cached: bool = True):
     from vlgen_jax.sample import parallel
     return parallel.sample_tokens  # no cache to speak of: every step sees every token
+
+  def token_log_probs(self, model, params, text_ids, image_tokens):
+    raise UserError("model.family='masked' has no token-by-token likelihood of an image; "
+                    "rerank its samples with --rerank consistent or best")
 
 
 def cosine_mask(rng, shape):
