@@ -242,10 +242,20 @@ def test_token_log_probs_are_what_training_minimises(demo):
 
 
 def test_masked_family_has_no_token_likelihood():
+  import types
   from vlgen_jax.errors import UserError
+  from vlgen_jax.sample import rerank
   from vlgen_jax.tasks.families import get_family
   with pytest.raises(UserError, match="masked"):
     get_family("masked").token_log_probs(None, None, None, None)
+  masked_run = types.SimpleNamespace(spec=types.SimpleNamespace(family="masked"))
+  with pytest.raises(UserError, match="token-by-token likelihood"):
+    rerank.training_neighbours(masked_run)  # before any sampling
+  no_tokens = types.SimpleNamespace(spec=types.SimpleNamespace(family="encdec"),
+                                    config=types.SimpleNamespace(data=types.SimpleNamespace(
+                                        source="folder", data_dir="")))
+  with pytest.raises(UserError, match="token dataset"):
+    rerank.training_neighbours(no_tokens)
 
 
 def test_contrastive_reranking_keeps_the_candidate_with_the_highest_contrast(demo):

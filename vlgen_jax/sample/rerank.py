@@ -151,7 +151,13 @@ def _training_neighbours(data_dir: str) -> CaptionNeighbours:
 
 
 def training_neighbours(generator) -> CaptionNeighbours:
-  """Neighbours among the t2i run's training captions (its token dataset)."""
+  """Neighbours among the t2i run's training captions (its token dataset);
+  a family without a token likelihood is a UserError here, before sampling."""
+  from vlgen_jax.tasks.families import get_family
+  family = generator.spec.family
+  if not get_family(family).token_likelihood:
+    raise UserError(f"--rerank contrastive needs a token-by-token likelihood, which "
+                    f"model.family={family!r} does not have; use consistent or best")
   data = generator.config.data
   if data.source != "tokens" or not data.data_dir:
     raise UserError("--rerank contrastive needs the t2i run's training captions, and the run "
@@ -226,13 +232,14 @@ def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, can
   ones, all scores (n, candidates)).
   """
   check_selection(selection)
+  neighbours = training_neighbours(generator) if selection == "contrastive" else None
   images, tokens, expanded = draw_candidates(generator, prompts, options, candidates=candidates,
                                              seed=seed, batch_size=batch_size, progress=progress,
                                              first_index=first_index)
   scores, agree = read_candidates(scorer, tokens, expanded, candidates)
   contrasts = None
   if selection == "contrastive":
-    contrasts = contrast(generator, tokens, expanded, training_neighbours(generator),
+    contrasts = contrast(generator, tokens, expanded, neighbours,
                          batch_size=batch_size).reshape(scores.shape)
   pick = select(scores, agree, selection, contrasts)
   rows = np.arange(len(prompts))

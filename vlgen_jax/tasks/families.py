@@ -34,6 +34,7 @@ class Family:
   name = ""
   editing = "raster"
   uses_steps = False  # True: sampling takes `options.steps` parallel steps
+  token_likelihood = True  # False: `token_log_probs` raises (no causal order)
 
   def build_model(self, spec):
     raise NotImplementedError
@@ -93,6 +94,7 @@ class Masked(Family):
   name = "masked"
   editing = "native"
   uses_steps = True
+  token_likelihood = False
 
   def build_model(self, spec):
     from vlgen_jax.model.masked import MaskedModel
