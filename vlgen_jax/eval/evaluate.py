@@ -21,7 +21,6 @@ from vlgen_jax.eval import retrieval
 from vlgen_jax.runs import t2i_config
 from vlgen_jax.sample.generator import Generator
 from vlgen_jax.sample.outputs import SAMPLE_INFO, read_prompts_file, write_outputs
-from vlgen_jax.sample import sampler as sampler_lib
 from vlgen_jax.sample.sampler import SamplingOptions
 from vlgen_jax.tasks.families import get_family
 from vlgen_jax.train import mesh as mesh_lib
@@ -52,23 +51,8 @@ def teacher_forced_nll(gen: Generator, captions, tokens, batch_size: int) -> dic
   """Validation loss of the t2i model on (caption, image tokens) pairs: mean
   negative log-likelihood per image token in nats and bits (the training
   `ce` and `bits_per_token`, without caption dropout)."""
-  model = gen.model
-
-  @jax.jit
-  def nll(params, text_ids, image_tokens):
-    logits = model.apply({"params": params}, text_ids, image_tokens).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(logp, image_tokens[..., None], axis=-1)[..., 0].sum(-1)
-
-  dp = gen.data_parallel_size
-  batch_size = max(dp, -(-batch_size // dp) * dp)
-  text = gen.tokenizer.encode_batch(list(captions), gen.spec.text_length)
-  total = 0.0
-  for start in range(0, len(captions), batch_size):
-    t, real = sampler_lib.pad_batch(text[start:start + batch_size], batch_size)
-    i, _ = sampler_lib.pad_batch(tokens[start:start + batch_size].astype(np.int32), batch_size)
-    total += float(gen.to_host(nll(gen.params, gen.to_global(t), gen.to_global(i)))[:real].sum())
-  nats = total / (len(captions) * tokens.shape[1])
+  log_probs = gen.token_log_probs(captions, tokens, batch_size=batch_size)
+  nats = -float(log_probs.sum(dtype=np.float64)) / log_probs.size
   return {"loss": nats, "bits_per_token": nats / math.log(2), "n": len(captions)}
 
 
@@ -145,8 +129,10 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   metrics = {}
   if tokens is not None:
     # What holds for any data: how well the model predicts the split's real
-    # codes, and how faithfully the VQ reproduces its real images.
-    metrics["t2i"] = teacher_forced_nll(gen, captions, tokens, batch_size)
+    # codes (families with a token likelihood), and how faithfully the VQ
+    # reproduces its real images.
+    if get_family(gen.spec.family).token_likelihood:
+      metrics["t2i"] = teacher_forced_nll(gen, captions, tokens, batch_size)
     psnr = reconstruction_psnr(config, gen.vq, split, num)
     if psnr is not None:
       metrics["vq"] = psnr
