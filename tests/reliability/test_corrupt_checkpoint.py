@@ -85,3 +85,32 @@ def test_no_usable_checkpoint_is_one_error_and_changes_nothing(tmp_path, env, re
   assert len([w for w in warning_lines(out) if "is unusable" in w]) == 3
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
   assert config_json(workdir) == config_before
+
+
+def test_abandoned_tensorstore_reads_are_not_reported(caplog):
+  """A read Orbax gave up on fails later, and asyncio reports the task, with
+  its traceback, when it is collected (here: the call asyncio makes then);
+  the restore's own error already said what is wrong. Other never-retrieved
+  task exceptions are still reported."""
+  import asyncio
+  import logging
+  from vlgen_jax.train import checkpoint
+
+  checkpoint._ignore_abandoned_reads()  # pylint: disable=protected-access
+  loop = asyncio.new_event_loop()
+
+  def abandoned(message):
+    try:
+      raise ValueError(message)
+    except ValueError as e:
+      loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                   "exception": e})
+  try:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      abandoned("OUT_OF_RANGE: Error reading ... in OCDBT database [tensorstore_spec='{}']")
+      assert not caplog.records
+      abandoned("something else")
+      assert [r.getMessage() for r in caplog.records] == ["Task exception was never retrieved"]
+      assert caplog.records[0].exc_info[1].args == ("something else",)
+  finally:
+    loop.close()

@@ -298,12 +298,25 @@ def _storage_errors():
     raise error from e
 
 
+class _AbandonedReadFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" report of a
+  TensorStore read (its exception names TensorStore's spec or OCDBT)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Task exception was never retrieved"):
+      return True
+    text = f"{record.getMessage()} {record.exc_info[1] if record.exc_info else ''}".lower()
+    return not ("tensorstore" in text or "ocdbt" in text)
+
+
 def _ignore_abandoned_reads() -> None:
   """When a restore fails part-way (damaged files), TensorStore still
-  completes the reads Orbax gave up on, and their callbacks hit Orbax's closed
-  event loop; Python would print each as an "Exception ignored" traceback
-  (failed writes do the same).
-  Drops exactly those (installed once, before the first restore attempt)."""
+  completes the reads Orbax gave up on. Their callbacks hit Orbax's closed
+  event loop, and Python would print each as an "Exception ignored" traceback
+  (failed writes do the same). A read task that failed after Orbax stopped
+  waiting is also logged, with a traceback, by asyncio when it is collected.
+  The restore's own error already says what is wrong, so this drops exactly
+  those two reports (installed once, before the first restore attempt)."""
   if getattr(sys.unraisablehook, "_vlgen", False):
     return
   previous = sys.unraisablehook
@@ -316,6 +329,7 @@ def _ignore_abandoned_reads() -> None:
 
   hook._vlgen = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
 
 def _agree_on_error(error: str | None) -> str | None:
