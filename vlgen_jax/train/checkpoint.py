@@ -619,6 +619,7 @@ def newest_usable_params(workdir, shardings=None) -> tuple[int, PyTree]:
     candidates.append((exported + 0.5, root / EXPORT / "params", None, f"export (step {exported})"))
   if not candidates:
     raise UserError(f"no checkpoint or export in {workdir}")
+  _ignore_abandoned_reads()
   failures = []
   for order, path, subtree, what in sorted(candidates, key=lambda c: c[0], reverse=True):
     try:
