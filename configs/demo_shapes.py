@@ -22,7 +22,7 @@ def get_config():
   # The captioner (docs/captioning.md): its own stage, then an eval of the
   # t2i run where each image is one of 8 candidates, kept by the contrastive
   # rule. Candidates are drawn at temperature 1.0 without top-k, so the kept
-  # images vary as the data does; the rule restores fidelity (measured in
+  # images vary as the data does; the rule raises fidelity (measured in
   # docs/captioning.md).
   c.caption = ml_collections.ConfigDict({"config": "configs/caption_shapes.py", "overrides": (),
                                          "candidates": 8, "rerank": "contrastive",
