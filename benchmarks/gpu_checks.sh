@@ -13,7 +13,7 @@
 #   4. With a trained t2i run (`bash benchmarks/gpu_checks.sh RUN PROMPTS`,
 #      PROMPTS a text file of captions): AR vs Jacobi wall time on it
 #      (benchmarks/sample_run.py; issue 18's Jacobi >= 1.5x goal).
-#   5. Parti-350M training steps at batch 16 / 32, bf16, no remat: MFU.
+#   5. Parti-350M training steps at batch 32 / 64, bf16, dots_no_batch remat: MFU.
 #   6. Parti-750M again with the cache in 8 chunks (`--cache-chunks`).
 #
 # The device machine runs its own image's python3 (jax, flax, optax, orbax,
@@ -68,6 +68,6 @@ fi
 step sample_small 90 "$py" benchmarks/sample.py --batch-sizes 1,8,64 --cfg 1,3 \
   --decoding ar,jacobi --repeats 3 --torch no --json-out "$out/sample_small.json"
 step train_step 100 "$py" benchmarks/train_step.py --config configs/parti.py:350m --mesh data=1 \
-  --remat none --batch-size 16,32 --steps 10 --repeats 2 --config.dtype=bfloat16 \
+  --remat dots_no_batch --batch-size 32,64 --steps 10 --repeats 2 --config.dtype=bfloat16 \
   --json-out "$out/train_step.json"
 step parti750m_chunks 40 "${parti[@]}" --cache-chunks 8 --json-out "$out/parti750m_chunks.json"

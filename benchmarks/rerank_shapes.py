@@ -81,6 +81,7 @@ def main(argv=None) -> int:
   from vlgen_jax.sample.generator import Generator
   from vlgen_jax.sample.sampler import SamplingOptions
   from vlgen_jax.shapes.captioning import satisfies
+  from vlgen_jax.tasks.families import get_family
 
   rerank.check_candidates(args.candidates)
   if not all(args.scorers.split(",")):
@@ -99,7 +100,9 @@ def main(argv=None) -> int:
             "cfg_scale": options.cfg_scale,
             "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
   arrays = {}
-  neighbours = rerank.training_neighbours(gen)
+  # The contrastive rule needs a token likelihood (not the masked family).
+  neighbours = (rerank.training_neighbours(gen)
+                if get_family(gen.spec.family).token_likelihood else None)
   print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best contrastive "
         f"precision recall")
   for seed in args.seeds:
@@ -111,9 +114,11 @@ def main(argv=None) -> int:
     ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
                                                      desc="detector", leave=False)]).reshape(shape)
     arrays[f"ok_{seed}"] = ok
-    contrast = rerank.contrast(gen, tokens, expanded, neighbours,
-                               batch_size=args.batch_size).reshape(shape)
-    arrays[f"contrast_{seed}"] = contrast
+    contrast = None
+    if neighbours is not None:
+      contrast = rerank.contrast(gen, tokens, expanded, neighbours,
+                                 batch_size=args.batch_size).reshape(shape)
+      arrays[f"contrast_{seed}"] = contrast
     row = {"plain": float(ok[:, 0].mean()), "any": float(ok.any(axis=1).mean()),
            "sample_seconds": sample_s, "scorers": []}
     line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
       arrays[f"score_{seed}_{k}"], arrays[f"agree_{seed}_{k}"] = scores, agree
       judged = judge(scores, agree, ok, contrast)
       row["scorers"].append(judged)
-      line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} {judged['contrastive']:.3f} "
+      line += (f"  {judged['consistent']:.3f} {judged['best']:.3f} "
+               f"{judged.get('contrastive', float('nan')):.3f} "
                f"{judged['agree_precision']:.3f} {judged['agree_recall']:.3f}")
     result["seeds"][seed] = row
     print(line, flush=True)

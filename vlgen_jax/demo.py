@@ -198,8 +198,8 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
                            f"--config.data.tokenizer={w['tokenizer']}",
                            *_overrides(c.caption.overrides)]
     # Optional: the rule (default consistent) and the sampling it keeps from
-    # (e.g. temperature 1.0, top-k 0: reranking restores fidelity, so the
-    # kept images can vary as the data does; docs/captioning.md).
+    # (e.g. temperature 1.0, top-k 0: reranking raises fidelity, so the kept
+    # images can vary as the data does; docs/captioning.md).
     sampling = c.caption.get("sampling", {})
     commands["eval_rerank"] = [*commands["eval"][:-4], "--report", w["eval_rerank"],
                                "--seed", c.seed, "--scorer", w["caption"],

@@ -56,6 +56,8 @@ class Family:
   def token_log_probs(self, model, params, text_ids, image_tokens):
     """(B, N) fp32 log p(token n | caption, tokens before n), teacher-forced:
     what `loss` trains (the contrastive rerank compares captions with it)."""
+    if not self.token_likelihood:
+      raise UserError(f"model.family={self.name!r} has no token-by-token likelihood of an image")
     import jax
     import jax.numpy as jnp
     logits = model.apply({"params": params}, text_ids, image_tokens)
@@ -115,10 +117,6 @@ class Masked(Family):
   def sample_function(self, cached: bool = True):
     from vlgen_jax.sample import parallel
     return parallel.sample_tokens  # no cache to speak of: every step sees every token
-
-  def token_log_probs(self, model, params, text_ids, image_tokens):
-    raise UserError("model.family='masked' has no token-by-token likelihood of an image; "
-                    "rerank its samples with --rerank consistent or best")
 
 
 def cosine_mask(rng, shape):
