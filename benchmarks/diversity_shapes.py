@@ -14,8 +14,8 @@ A sampler that draws near copies has a ratio near 0; one that draws as the
 data does has a ratio near 1. Prints a table and one JSON object.
 
   python benchmarks/diversity_shapes.py --workdir RUN [--vq-workdir VQ] \\
-      [--scorer CAPTION_RUN --candidates 8 --rerank consistent|best] \\
-      [--temperature 1.0 --top-k 0]
+      [--scorer CAPTION_RUN --candidates 8 --rerank consistent|best|contrastive] \\
+      [--temperature 1.0 --top-k 0 --plausibility A]
 """
 from __future__ import annotations
 
@@ -77,12 +77,14 @@ def main(argv=None) -> int:
   p.add_argument("--vq-workdir", default=None)
   p.add_argument("--scorer", default=None, help="a captioner run: rerank candidates")
   p.add_argument("--candidates", type=int, default=1)
-  p.add_argument("--rerank", default="consistent", help="selection rule: consistent | best")
+  p.add_argument("--rerank", default="consistent", help="selection rule: consistent | best | contrastive")
   p.add_argument("--captions", type=int, default=50)
   p.add_argument("--samples", type=int, default=8)
   p.add_argument("--temperature", type=float, default=None)
   p.add_argument("--top-k", type=int, default=None)
   p.add_argument("--cfg-scale", type=float, default=None)
+  p.add_argument("--plausibility", type=float, default=None,
+                 help="the sampling's plausibility floor (default: the run's config)")
   p.add_argument("--step", type=int, default=None)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
 
   rerank.check_arguments(args.scorer, args.candidates, args.rerank)
   options = SamplingOptions.from_config(t2i_config(args.workdir), temperature=args.temperature,
-                                        top_k=args.top_k, cfg_scale=args.cfg_scale)
+                                        top_k=args.top_k, cfg_scale=args.cfg_scale,
+                                        plausibility=args.plausibility)
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir)
   scorer = rerank.load_scorer(args.scorer, gen)
   resolution = gen.vq.resolution
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
             "rerank": args.rerank if args.scorer else None,
             "captions": len(objects), "samples": args.samples,
             "temperature": options.temperature, "top_k": options.top_k,
-            "cfg_scale": options.cfg_scale, "seed": args.seed, "fidelity": fidelity,
+            "cfg_scale": options.cfg_scale, "plausibility": options.plausibility,
+            "seed": args.seed, "fidelity": fidelity,
             "spread_px": spread, "data_spread_px": data_spread,
             "spread_ratio": spread / data_spread, "captions_with_spread": used,
             "seconds_per_kept_image": seconds / len(prompts)}

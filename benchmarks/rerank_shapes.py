@@ -65,6 +65,8 @@ def main(argv=None) -> int:
   p.add_argument("--temperature", type=float, default=None)
   p.add_argument("--top-k", type=int, default=None)
   p.add_argument("--cfg-scale", type=float, default=None)
+  p.add_argument("--plausibility", type=float, default=None,
+                 help="the sampling's plausibility floor (default: the run's config)")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--json-out", default="")
   p.add_argument("--arrays-out", default="",
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
     p.error(f"--scorers: an empty run name in {args.scorers!r}")
   config = t2i_config(args.workdir)
   options = SamplingOptions.from_config(config, temperature=args.temperature, top_k=args.top_k,
-                                        cfg_scale=args.cfg_scale)
+                                        cfg_scale=args.cfg_scale,
+                                        plausibility=args.plausibility)
   gen = Generator.load(args.workdir, vq_workdir=args.vq_workdir)
   scorers = [rerank.load_scorer(path, gen) for path in args.scorers.split(",")]
   captions = split_captions(config, args.split, args.num)
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
   result = {"run": os.path.abspath(args.workdir), "step": gen.step, "split": args.split,
             "captions": len(captions), "candidates": args.candidates,
             "temperature": options.temperature, "top_k": options.top_k,
-            "cfg_scale": options.cfg_scale,
+            "cfg_scale": options.cfg_scale, "plausibility": options.plausibility,
             "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
   arrays = {}
   # The contrastive rule needs a token likelihood (not the masked family).
