@@ -77,7 +77,8 @@ def main(argv=None) -> int:
   p.add_argument("--vq-workdir", default=None)
   p.add_argument("--scorer", default=None, help="a captioner run: rerank candidates")
   p.add_argument("--candidates", type=int, default=1)
-  p.add_argument("--rerank", default="consistent", help="selection rule: consistent | best | contrastive")
+  p.add_argument("--rerank", default="consistent",
+                 help="selection rule: consistent | best | contrastive")
   p.add_argument("--captions", type=int, default=50)
   p.add_argument("--samples", type=int, default=8)
   p.add_argument("--temperature", type=float, default=None)
