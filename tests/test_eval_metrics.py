@@ -65,3 +65,29 @@ def test_vlgen_eval_reports_loss_psnr_and_evaluators(demo_tiny_dir, tmp_path, ca
   r2 = json.loads((tmp_path / "r2" / "results.json").read_text())
   assert r2["n"] == 2 and "t2i" not in r2 and r2["shapes"]["unscored"] == 1
   assert cli.main(["eval", "--workdir", str(demo_tiny_dir), "--split", "nope"]) == 2
+
+
+def test_default_report_folder_differs_whenever_the_samples_would():
+  """Evals that differ in checkpoint, seed, sampling or rule never share a
+  default report folder (one would overwrite the other); the same eval twice does."""
+  from vlgen_jax.eval.evaluate import report_name
+  from vlgen_jax.sample.sampler import SamplingOptions
+  base = dict(parallel=False, seed=0, step=100)
+  options = SamplingOptions(temperature=1.0, top_k=0, plausibility=0.3)
+  name = report_name("heldout", 200, options, **base)
+  assert name == report_name("heldout", 200, SamplingOptions(temperature=1.0, top_k=0,
+                                                            plausibility=0.3), **base)
+  variants = [
+      report_name("heldout", 200, SamplingOptions(temperature=1.0, top_k=0, plausibility=0.1),
+                  **base),
+      report_name("heldout", 200, SamplingOptions(temperature=0.3, top_k=0, plausibility=0.3),
+                  **base),
+      report_name("heldout", 200, SamplingOptions(temperature=1.0, top_k=0, plausibility=0.3,
+                                                  decoding="jacobi"), **base),
+      report_name("heldout", 200, options, **dict(base, seed=1)),
+      report_name("heldout", 200, options, **dict(base, step=200)),
+      report_name("heldout", 200, options, **base, selection="contrastive", candidates=8),
+      report_name("validation", 200, options, **base),
+  ]
+  assert len(set(variants + [name])) == len(variants) + 1
+  assert "-seed0-" in name and "-T1-" in name and "-a0.3" in name

@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated evaluator names (default: the run's "
                            "config.evaluators; for --images, those of the run that sampled them)")
   parser.add_argument("--report", default=None,
-                      help="report folder (default: WORKDIR/eval/<split>-<num>-cfg<scale> or "
-                           "IMAGES/eval)")
+                      help="report folder (default: WORKDIR/eval/<split>-<num>-step<S>-seed<N>-"
+                           "<sampling>-<hash>, one per checkpoint, seed, sampling and rule; "
+                           "or IMAGES/eval)")
   parser.add_argument("--batch-size", type=int, default=32)
   add_sampling_arguments(parser)
   add_rerank_arguments(parser)

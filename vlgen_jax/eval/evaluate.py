@@ -1,6 +1,7 @@
 """`vlgen eval` as library functions: evaluate a run, or a folder of images."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,21 @@ def split_records(config, split: str, num: int) -> tuple[list[str], np.ndarray]:
   source = token_records.TokenRecordSource(config.data.data_dir, split)
   records = [token_records.decode_token_record(source[i]) for i in range(min(num, len(source)))]
   return [c for _, c in records], np.stack([t for t, _ in records])
+
+
+def report_name(source: str, num: int, options, *, parallel: bool, seed: int, step,
+                selection: str | None = None, candidates: int = 1) -> str:
+  """The default report folder of an eval: every setting that changes its
+  samples (checkpoint, seed, sampling, rule), so evals that differ never
+  overwrite each other and the same eval run twice lands in the same place."""
+  steps = f"-steps{options.steps}" if parallel else ""
+  rule = f"-{selection}{candidates}" if selection else ""
+  # The settings people vary, readable; a hash of all of them for the rest
+  # (schedules, decoding, ...).
+  digest = hashlib.sha256(repr(options).encode()).hexdigest()[:6]
+  return (f"{source}-{num}-step{step}-seed{seed}-cfg{options.cfg_scale:g}"
+          f"-T{options.temperature:g}-k{options.top_k}-a{options.plausibility:g}"
+          f"{steps}{rule}-{digest}")
 
 
 def teacher_forced_nll(gen: Generator, captions, tokens, batch_size: int) -> dict[str, float]:
@@ -169,10 +185,10 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
         features(real), features(images)).items()})
   source = f"prompts-{os.path.basename(prompts_file)}" if prompts_file else split
   parallel = get_family(gen.spec.family).uses_steps
-  steps = f"-steps{options.steps}" if parallel else ""
-  best = f"-{selection}{candidates}" if captioner is not None else ""
-  report = report or os.path.join(gen.run, "eval",
-                                  f"{source}-{num}-cfg{options.cfg_scale:g}{steps}{best}")
+  report = report or os.path.join(gen.run, "eval", report_name(
+      source, num, options, parallel=parallel, seed=seed,
+      step=gen.step, selection=selection if captioner is not None else None,
+      candidates=candidates))
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})
