@@ -158,4 +158,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from vlgen_jax.errors import UserError
+  try:
+    sys.exit(main())
+  except UserError as e:  # a wrong run or setting: one line, like `vlgen`
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

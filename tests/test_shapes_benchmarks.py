@@ -66,3 +66,19 @@ def test_rerank_judge_counts_the_kept_candidate_of_each_rule():
   # agrees) candidate 0, row 2 the one agreeing candidate 0: all pass.
   contrast = np.array([[0.0, -1.0, 0.5], [2.0, 0.0, 0.0], [-5.0, 3.0, 3.0]])
   assert bench.judge(scores, agree, ok, contrast)["contrastive"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["diversity_shapes", "rerank_shapes"])
+def test_a_wrong_run_is_one_error_line(name, tmp_path):
+  import os
+  import subprocess
+  import sys
+  args = [sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), "--workdir",
+          str(tmp_path / "missing"), "--plausibility", "0.1"]
+  if name == "rerank_shapes":
+    args += ["--scorers", str(tmp_path / "cap")]
+  out = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "Traceback" not in out.stderr

@@ -44,8 +44,9 @@ def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
                       help="which candidate is kept: consistent = the first whose greedy caption "
                            "is the prompt, else the best scored (keeps the samples varied); "
                            "best = the highest caption likelihood (Parti); contrastive = "
-                           "among those read as the prompt, the one the t2i model itself "
-                           "likes least for any training caption one word away")
+                           "among those read as the prompt, the one whose worst image token the "
+                           "t2i model still finds likelier under the prompt than under any "
+                           "training caption one word away, by the widest margin")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

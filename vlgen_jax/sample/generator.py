@@ -132,8 +132,7 @@ class Generator:
   def _run(self, prompts, options, *, seed, batch_size, progress=None, first_index=0,
            known=None, keep=None):
     from vlgen_jax.sample import sampler
-    dp = self.data_parallel_size
-    batch_size = max(dp, -(-batch_size // dp) * dp)
+    batch_size = self._device_batch(batch_size)
     text = self.tokenizer.encode_batch(list(prompts), self.spec.text_length)
     edit = keep is not None
     fn = self.sampler(options, edit=edit)
@@ -168,8 +167,7 @@ class Generator:
                    in_shardings=(self.param_shardings, rows, rows), out_shardings=rows)
       self._samplers["token_log_probs"] = fn
     fn = self._samplers["token_log_probs"]
-    dp = self.data_parallel_size
-    batch_size = max(dp, -(-batch_size // dp) * dp)
+    batch_size = self._device_batch(batch_size)
     text = self.tokenizer.encode_batch(list(captions), self.spec.text_length)
     tokens = np.asarray(tokens, np.int32)
     out = []
@@ -221,6 +219,11 @@ class Generator:
   def _global_keys(self, keys):
     import jax
     return jax.random.wrap_key_data(self.to_global(np.asarray(jax.random.key_data(keys))))
+
+  def _device_batch(self, batch_size: int) -> int:
+    """`batch_size` rounded up to a multiple of the data-parallel devices."""
+    dp = self.data_parallel_size
+    return max(dp, -(-batch_size // dp) * dp)
 
   @staticmethod
   def to_host(array) -> np.ndarray:

@@ -13,9 +13,9 @@ Three rules pick the kept candidate (`SELECTIONS`):
 - "contrastive": among the candidates the captioner agrees with, the one
   with the highest `contrast`, the first in seed order among equals; if it
   agrees with none, the highest-scored one. A candidate's contrast is the
-  lowest, over its image tokens and over the prompt's neighbours (training captions one word away: another
-  colour, shape, place), of log p(token | prompt) - log p(token | neighbour)
-  under the t2i model itself. A part drawn for a neighbour (a blue piece of a
+  lowest, over its image tokens and over the prompt's neighbours (training
+  captions one word away: another colour, shape, place), of
+  log p(token | prompt) - log p(token | neighbour) under the t2i model itself. A part drawn for a neighbour (a blue piece of a
   purple circle) makes it negative, even where the captioner reads the whole
   image as the prompt. With no neighbours it is 0 and the rule is
   "consistent". Many candidates share their lowest token (often the first),
