@@ -15,7 +15,7 @@ data does has a ratio near 1. Prints a table and one JSON object.
 
   python benchmarks/diversity_shapes.py --workdir RUN [--vq-workdir VQ] \\
       [--scorer CAPTION_RUN --candidates 8 --rerank consistent|best|contrastive] \\
-      [--temperature 1.0 --top-k 0 --plausibility A]
+      [--judge T2I_RUN] [--temperature 1.0 --top-k 0 --plausibility A]
 """
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ def main(argv=None) -> int:
   p.add_argument("--candidates", type=int, default=1)
   p.add_argument("--rerank", default="consistent",
                  help="selection rule: consistent | best | contrastive")
+  p.add_argument("--judge", default=None,
+                 help="the contrastive rule's t2i run (default: --workdir's)")
   p.add_argument("--captions", type=int, default=50)
   p.add_argument("--samples", type=int, default=8)
   p.add_argument("--temperature", type=float, default=None)
@@ -101,12 +103,13 @@ def main(argv=None) -> int:
   from vlgen_jax.sample.sampler import SamplingOptions
   from vlgen_jax.shapes import scenes
 
-  rerank.check_arguments(args.scorer, args.candidates, args.rerank)
+  rerank.check_arguments(args.scorer, args.candidates, args.rerank, args.judge)
   options = SamplingOptions.from_config(t2i_config(args.workdir), temperature=args.temperature,
                                         top_k=args.top_k, cfg_scale=args.cfg_scale,
                                         plausibility=args.plausibility)
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir)
   scorer = rerank.load_scorer(args.scorer, gen)
+  judge = rerank.load_judge(args.judge, gen)
   resolution = gen.vq.resolution
 
   objects, i = [], 0
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   images, _, _ = rerank.generate(gen, scorer, prompts, options, candidates=args.candidates,
                                  seed=args.seed, batch_size=args.batch_size,
-                                 selection=args.rerank)
+                                 selection=args.rerank, judge=judge)
   seconds = time.perf_counter() - start
   flat = [o for o in objects for _ in range(args.samples)]
   centres = box_centres(images, flat)
@@ -136,6 +139,7 @@ def main(argv=None) -> int:
             "scorer": os.path.abspath(args.scorer) if args.scorer else None,
             "candidates": args.candidates,
             "rerank": args.rerank if args.scorer else None,
+            "judge": os.path.abspath(args.judge) if args.judge else None,
             "captions": len(objects), "samples": args.samples,
             "temperature": options.temperature, "top_k": options.top_k,
             "cfg_scale": options.cfg_scale, "plausibility": options.plausibility,

@@ -12,10 +12,11 @@ draws), and every candidate is checked by the detector. Reported per seed:
   the kept candidate satisfies; and the agreement test's precision (of the
   candidates the captioner reads back as their caption, the fraction that
   satisfy) and recall (of those that satisfy, the fraction it reads back).
-Prints a table and one JSON object.
+`contrastive` asks `--judge` (default: the t2i run itself). Prints a table
+and one JSON object.
 
   python benchmarks/rerank_shapes.py --workdir T2I --scorers CAP1,CAP2 \\
-      --split heldout --num 200 --candidates 8 --seeds 0,1,2
+      --split heldout --num 200 --candidates 8 --seeds 0,1,2 [--judge MASKED_RUN]
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
   p.add_argument("--cfg-scale", type=float, default=None)
   p.add_argument("--plausibility", type=float, default=None,
                  help="the sampling's plausibility floor (default: the run's config)")
+  p.add_argument("--judge", default=None,
+                 help="the contrastive rule's t2i run (default: --workdir's)")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--json-out", default="")
   p.add_argument("--arrays-out", default="",
@@ -83,7 +86,6 @@ def main(argv=None) -> int:
   from vlgen_jax.sample.generator import Generator
   from vlgen_jax.sample.sampler import SamplingOptions
   from vlgen_jax.shapes.captioning import satisfies
-  from vlgen_jax.tasks.families import get_family
 
   rerank.check_candidates(args.candidates)
   if not all(args.scorers.split(",")):
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
                                         plausibility=args.plausibility)
   gen = Generator.load(args.workdir, vq_workdir=args.vq_workdir)
   scorers = [rerank.load_scorer(path, gen) for path in args.scorers.split(",")]
+  judge_gen = rerank.load_judge(args.judge, gen)
   captions = split_captions(config, args.split, args.num)
   shape = (len(captions), args.candidates)
 
@@ -101,11 +104,10 @@ def main(argv=None) -> int:
             "captions": len(captions), "candidates": args.candidates,
             "temperature": options.temperature, "top_k": options.top_k,
             "cfg_scale": options.cfg_scale, "plausibility": options.plausibility,
-            "scorers": [os.path.abspath(s.run) for s in scorers], "seeds": {}}
+            "scorers": [os.path.abspath(s.run) for s in scorers],
+            "judge": os.path.abspath(judge_gen.run), "seeds": {}}
   arrays = {}
-  # The contrastive rule needs a token likelihood (not the masked family).
-  neighbours = (rerank.training_neighbours(gen)
-                if get_family(gen.spec.family).token_likelihood else None)
+  neighbours = rerank.training_neighbours(judge_gen)
   print(f"{'seed':>4s} {'plain':>6s} {'any':>6s}  scorer: consistent best contrastive "
         f"precision recall")
   for seed in args.seeds:
@@ -117,11 +119,9 @@ def main(argv=None) -> int:
     ok = np.array([satisfies(im, c) for im, c in tqdm(zip(images, expanded), total=len(expanded),
                                                      desc="detector", leave=False)]).reshape(shape)
     arrays[f"ok_{seed}"] = ok
-    contrast = None
-    if neighbours is not None:
-      contrast = rerank.contrast(gen, tokens, expanded, neighbours,
-                                 batch_size=args.batch_size).reshape(shape)
-      arrays[f"contrast_{seed}"] = contrast
+    contrast = rerank.contrast(judge_gen, tokens, expanded, neighbours,
+                               batch_size=args.batch_size).reshape(shape)
+    arrays[f"contrast_{seed}"] = contrast
     row = {"plain": float(ok[:, 0].mean()), "any": float(ok.any(axis=1).mean()),
            "sample_seconds": sample_s, "scorers": []}
     line = f"{seed:4d} {row['plain']:6.3f} {row['any']:6.3f}"

@@ -32,7 +32,12 @@ def get_config():
                     "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64",
                     "model.encoder_layers=1", "model.decoder_layers=1",
                     "model.text_vocab_size=64", "data.read_threads=1"),
-      "candidates": 2,
+      "candidates": 2, "rerank": "contrastive",
+  })
+  # The contrastive rule's judge: a masked run on the same tokens.
+  c.judge = ml_collections.ConfigDict({
+      "config": "configs/t2i_shapes_masked.py",
+      "overrides": c.t2i.overrides,
   })
   c.sample = ml_collections.ConfigDict({
       "prompts": ("a large red circle in the center", ""),

@@ -241,21 +241,66 @@ def test_token_log_probs_are_what_training_minimises(demo):
   np.testing.assert_allclose(-lp.mean(), float(metrics["ce"]), rtol=1e-5)
 
 
-def test_masked_family_has_no_token_likelihood():
+def test_contrastive_rule_needs_the_judges_training_captions():
   import types
   from vlgen_jax.errors import UserError
   from vlgen_jax.sample import rerank
-  from vlgen_jax.tasks.families import get_family
-  with pytest.raises(UserError, match="masked"):
-    get_family("masked").token_log_probs(None, None, None, None)
-  masked_run = types.SimpleNamespace(spec=types.SimpleNamespace(family="masked"))
-  with pytest.raises(UserError, match="token-by-token likelihood"):
-    rerank.training_neighbours(masked_run)  # before any sampling
-  no_tokens = types.SimpleNamespace(spec=types.SimpleNamespace(family="encdec"),
-                                    config=types.SimpleNamespace(data=types.SimpleNamespace(
-                                        source="folder", data_dir="")))
-  with pytest.raises(UserError, match="token dataset"):
-    rerank.training_neighbours(no_tokens)
+  no_tokens = types.SimpleNamespace(run="RUN", config=types.SimpleNamespace(
+      data=types.SimpleNamespace(source="folder", data_dir="")))
+  with pytest.raises(UserError, match="RUN was not trained on a token dataset"):
+    rerank.training_neighbours(no_tokens)  # before any sampling
+
+
+def test_a_masked_judge_computes_the_contrast(demo):
+  """`--judge RUN`: the contrast comes from the judge's token log-probs (a
+  masked run's pseudo-likelihood), and the rule keeps what it ranks first."""
+  from vlgen_jax.sample import rerank
+  from vlgen_jax.sample.generator import Generator
+  from vlgen_jax.sample.sampler import SamplingOptions
+  gen = Generator.load(str(demo))
+  judge = rerank.load_judge(str(demo / "judge"), gen)
+  assert judge.spec.family == "masked" and rerank.load_judge(None, gen) is gen
+  scorer = rerank.load_scorer(str(demo), gen)
+  neighbours = rerank.training_neighbours(judge)
+  prompts = ["a large red circle in the center", "a small blue square at the top left"]
+  options = SamplingOptions(temperature=1.0)
+  images, tokens, _, scores = rerank.generate_reranked(
+      gen, scorer, prompts, options, candidates=3, seed=5, batch_size=8,
+      selection="contrastive", judge=judge)
+  expanded = [p for p in prompts for _ in range(3)]
+  _, plain = gen.generate(expanded, options, seed=5, batch_size=16)
+  want = np.array([(judge.token_log_probs([p], plain[n:n + 1])
+                    - judge.token_log_probs(neighbours(p), np.repeat(plain[n:n + 1],
+                                                                     len(neighbours(p)), 0))).min()
+                   for n, p in enumerate(expanded)])
+  got = rerank.contrast(judge, plain, expanded, neighbours, batch_size=8)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # Not the sampled run's contrast: another model judged.
+  assert np.abs(got - rerank.contrast(gen, plain, expanded, neighbours, batch_size=8)).max() > 1e-3
+  agree = np.asarray(scorer.score_and_agreement(plain, expanded)[1]).reshape(2, 3)
+  pick = rerank.select(scores, agree, "contrastive", want.reshape(2, 3))
+  np.testing.assert_array_equal(tokens, plain[np.arange(2) * 3 + pick])
+
+
+def test_demo_eval_rerank_used_the_recipes_judge(demo):
+  results = json.loads((demo / "eval_rerank" / "results.json").read_text())
+  assert results["rerank"] == "contrastive"
+  assert results["judge"] == os.path.abspath(demo / "judge")
+
+
+def test_judge_with_another_tokenizer_is_one_error(demo, tmp_path, capsys):
+  from vlgen_jax.text.tokenizer import TOKENIZER_ASSET, TextTokenizer
+  other = tmp_path / "other"
+  shutil.copytree(demo / "judge", other / "judge")
+  sentences = [f"word{i} thing{i % 7} other{i % 3}" for i in range(200)]
+  TextTokenizer.train(sentences, 40).save(other / "judge" / "export" / "assets" / TOKENIZER_ASSET)
+  assert cli.main(["sample", "--workdir", str(demo), "--prompt", "a large red circle in the center",
+                   "--outdir", str(tmp_path / "out"), "--scorer", str(demo / "caption"),
+                   "--candidates", "2", "--rerank", "contrastive",
+                   "--judge", str(other / "judge")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "the judge" in err and "different caption tokenizers" in err and err.count("\n") == 0
+  assert not (tmp_path / "out").exists()
 
 
 def test_contrastive_reranking_keeps_the_candidate_with_the_highest_contrast(demo):
@@ -302,6 +347,8 @@ def test_contrastive_reranking_keeps_the_candidate_with_the_highest_contrast(dem
     (["--scorer", "SCORER", "--rerank", "top"], "--rerank must be one of consistent, best"),
     (["--scorer", "SCORER", "--candidates", "0"], "--candidates must be a positive integer"),
     (["--candidates", "4"], "--candidates > 1 needs --scorer"),
+    (["--scorer", "SCORER", "--candidates", "2", "--judge", "SCORER"],
+     "--judge RUN is used only by --rerank contrastive"),
 ])
 def test_rerank_option_errors_are_one_line(demo, tmp_path, capsys, args, message):
   args = [str(demo) if a == "SCORER" else a for a in args]

@@ -87,6 +87,8 @@ def test_default_report_folder_differs_whenever_the_samples_would():
       report_name("heldout", 200, options, **dict(base, seed=1)),
       report_name("heldout", 200, options, **dict(base, step=200)),
       report_name("heldout", 200, options, **base, selection="contrastive", candidates=8),
+      report_name("heldout", 200, options, **base, selection="contrastive", candidates=8,
+                  judge="/runs/masked"),
       report_name("validation", 200, options, **base),
   ]
   assert len(set(variants + [name])) == len(variants) + 1

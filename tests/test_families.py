@@ -187,3 +187,35 @@ def test_cosine_mask_follows_the_schedule():
   # E[cos(pi/2 r)] = 2/pi for r ~ U[0, 1); ceil adds ~0.5 / 16.
   assert abs(frac.mean() - (2 / np.pi + 0.5 / 16)) < 0.02
   assert mask.sum(axis=1).min() >= 1
+
+
+def test_masked_pseudo_likelihood_sees_everything_but_its_parity_class():
+  """log p(token n | caption, tokens outside n's 2x2 parity class): equal to
+  one forward pass with that class masked, blind to the class's other tokens
+  and to token n itself, and changed by a token outside the class."""
+  task, params, batch = _masked_setup()
+  family, spec = families.get_family("masked"), task.spec
+  text, tokens = batch["text_ids"], np.asarray(batch["image_tokens"], np.int32)
+  lp = np.asarray(family.token_log_probs(task.model, params, text, tokens))
+  assert lp.shape == tokens.shape and lp.dtype == np.float32 and (lp <= 0).all()
+  classes = families.parity_classes(spec.image_grid)
+  h, w = spec.image_grid
+  assert np.bincount(classes).tolist() == [h * w // 4] * 4  # 4x4 grid: 4 of each
+  for c in range(4):
+    inputs = np.where(classes == c, spec.mask_id, tokens)
+    logp = jax.nn.log_softmax(task.model.apply({"params": params}, text, inputs), axis=-1)
+    direct = np.take_along_axis(np.asarray(logp), tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(lp[:, classes == c], direct[:, classes == c], atol=1e-5)
+  # Position 0 is in class 0; positions 2 (class 0) and 1 (class 1) are its
+  # row neighbours' neighbour and its neighbour.
+  assert classes[0] == classes[2] == 0 and classes[1] == 1
+  changed = tokens.copy()
+  changed[:, 2] = (changed[:, 2] + 1) % spec.image_vocab_size
+  after = np.asarray(family.token_log_probs(task.model, params, text, changed))
+  np.testing.assert_allclose(after[:, 0], lp[:, 0], atol=1e-6)  # same class: unseen
+  changed = tokens.copy()
+  changed[:, 1] = (changed[:, 1] + 1) % spec.image_vocab_size
+  after = np.asarray(family.token_log_probs(task.model, params, text, changed))
+  assert np.abs(after[:, 0] - lp[:, 0]).max() > 1e-4  # a neighbour: seen
+  assert not families.get_family("masked").exact_likelihood
+  assert families.get_family("encdec").exact_likelihood

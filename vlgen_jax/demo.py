@@ -17,6 +17,9 @@ accuracy instead of shapes fidelity.
 
 Recipes with a `caption` section also train a captioner on the token dataset
 (after t2i) and evaluate with reranking among its candidates (eval_rerank).
+A `judge` section (with `caption.rerank` contrastive) trains one more t2i run
+on the same tokens, usually the masked family, whose token likelihoods the
+contrastive rule compares captions by (docs/captioning.md).
 
 Each stage runs the same `vlgen` subcommand a user would run by hand, inside
 one process, writing into the demo workdir:
@@ -28,6 +31,7 @@ one process, writing into the demo workdir:
   WORKDIR/tokens/               VQ token dataset (vlgen encode)
   WORKDIR/t2i/                  text-to-image run (vlgen train)
   WORKDIR/caption/              captioner run (recipes with `caption`; docs/captioning.md)
+  WORKDIR/judge/                the contrastive rule's t2i run (recipes with `judge`)
   WORKDIR/samples/              vlgen sample on a few prompts (grid.png)
   WORKDIR/eval/                 vlgen eval report (grid.png, results.json)
   WORKDIR/eval_rerank/          the same eval, each image one of `caption.candidates` kept by the captioner
@@ -50,10 +54,9 @@ from vlgen_jax.errors import UserError
 HELP = ("run the whole pipeline (tokenizer → VQ → encode → t2i → sample → eval) on your "
         "images (--data DIR) or on shapes")
 
-STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "caption", "sample", "eval", "eval_rerank")
+STAGES = ("data", "tokenizer", "vq", "encode", "t2i", "caption", "judge", "sample", "eval",
+          "eval_rerank")
 OWN_STAGES = STAGES[1:]
-# Stages that run only when the recipe has a `caption` section.
-CAPTION_STAGES = ("caption", "eval_rerank")
 STATE_FILE = "demo.json"
 RECIPE_FILE = "recipe.json"
 PROMPTS_FILE = "prompts.txt"
@@ -97,7 +100,7 @@ def _vlgen(*argv) -> None:
     raise UserError(f"demo stage failed: vlgen {argv[0]} exited with {rc}")
 
 
-TRAINING_STAGES = ("vq", "t2i", "caption")  # each trains the run in w[stage]
+TRAINING_STAGES = ("vq", "t2i", "caption", "judge")  # each trains the run in w[stage]
 
 
 def _unfinished_training(run_dir: str) -> str | None:
@@ -207,6 +210,15 @@ def stage_commands(c, w: dict[str, str]) -> dict[str, list]:
                                "--rerank", c.caption.get("rerank", "consistent"),
                                *[a for k in sorted(sampling)
                                  for a in (f"--{k.replace('_', '-')}", sampling[k])]]
+    if "judge" in c:
+      if c.caption.get("rerank") != "contrastive":
+        raise UserError("the recipe's judge section needs caption.rerank='contrastive' "
+                        "(only that rule asks a judge)")
+      commands["judge"] = ["train", "--config", c.judge.config, "--workdir", w["judge"],
+                           f"--config.data.data_dir={w['tokens']}",
+                           f"--config.data.tokenizer={w['tokenizer']}",
+                           *_overrides(c.judge.overrides)]
+      commands["eval_rerank"] += ["--judge", w["judge"]]
   return commands
 
 
@@ -259,8 +271,8 @@ def run(args) -> int:
   w = {"data": os.path.join(workdir, "data"),
        "tokenizer": os.path.join(workdir, "text_tokenizer.model"),
        "prompts": os.path.join(workdir, PROMPTS_FILE),
-       **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "caption", "samples",
-                                                "eval", "eval_rerank")}}
+       **{k: os.path.join(workdir, k) for k in ("vq", "tokens", "t2i", "caption", "judge",
+                                                "samples", "eval", "eval_rerank")}}
   commands = own_stage_commands(c, w) if own else stage_commands(c, w)
   os.makedirs(workdir, exist_ok=True)
   if own:

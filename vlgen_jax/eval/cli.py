@@ -68,7 +68,7 @@ def run(args) -> int:
         sampling_overrides=sampling_overrides(args), seed=args.seed, batch_size=args.batch_size, step=args.step,
         vq_workdir=args.vq_workdir, mesh=args.mesh, dtype=args.dtype,
         quantize=args.quantize, scorer=args.scorer, candidates=args.candidates,
-        selection=args.rerank,
+        selection=args.rerank, judge=args.judge,
         r_precision=args.r_precision, fd_features=args.fd_features,
         inception_weights=args.inception_weights)
   if results is not None:

@@ -49,7 +49,8 @@ def split_records(config, split: str, num: int) -> tuple[list[str], np.ndarray]:
 
 
 def report_name(source: str, num: int, options, *, parallel: bool, seed: int, step,
-                selection: str | None = None, candidates: int = 1) -> str:
+                selection: str | None = None, candidates: int = 1,
+                judge: str | None = None) -> str:
   """The default report folder of an eval: every setting that changes its
   samples (checkpoint, seed, sampling, rule), so evals that differ never
   overwrite each other and the same eval run twice lands in the same place."""
@@ -57,7 +58,7 @@ def report_name(source: str, num: int, options, *, parallel: bool, seed: int, st
   rule = f"-{selection}{candidates}" if selection else ""
   # The settings people vary, readable; a hash of all of them for the rest
   # (schedules, decoding, ...).
-  digest = hashlib.sha256(repr(options).encode()).hexdigest()[:6]
+  digest = hashlib.sha256((repr(options) + (judge or "")).encode()).hexdigest()[:6]
   return (f"{source}-{num}-step{step}-seed{seed}-cfg{options.cfg_scale:g}"
           f"-T{options.temperature:g}-k{options.top_k}-a{options.plausibility:g}"
           f"{steps}{rule}-{digest}")
@@ -108,19 +109,20 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
                  vq_workdir: str | None = None, mesh: str | None = None,
                  dtype: str | None = None, quantize: str = "none",
                  scorer: str | None = None, candidates: int = 1, selection: str = "consistent",
-                 r_precision: int = 100,
+                 judge: str | None = None, r_precision: int = 100,
                  fd_features: str = "none", inception_weights: str | None = None
                  ) -> dict | None:
   """Samples captions of the run's split (or a prompts file), scores and
   reports them; returns the results on process 0 (None elsewhere).
 
   With `scorer` (a captioner run): each image is one of `candidates` kept by
-  `selection` (vlgen_jax/sample/rerank.py), and R-precision (R = `r_precision`, 0 = off)
+  `selection` (vlgen_jax/sample/rerank.py; `judge`: the contrastive rule's
+  t2i run, default the sampled one), and R-precision (R = `r_precision`, 0 = off)
   of the samples and of the split's real images is reported; `fd_features`
   "captioner" / "inception" adds FD and KID against the split's real images
   (vlgen_jax/eval/caption_metrics.py)."""
   from vlgen_jax.sample import rerank
-  rerank.check_arguments(scorer, candidates, selection)
+  rerank.check_arguments(scorer, candidates, selection, judge)
   if fd_features not in ("none", "captioner", "inception"):
     raise UserError(f"--fd-features must be none, captioner or inception, got {fd_features!r}")
   if fd_features == "captioner" and not scorer:
@@ -147,19 +149,20 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
     # What holds for any data: how well the model predicts the split's real
     # codes (families with a token likelihood), and how faithfully the VQ
     # reproduces its real images.
-    if get_family(gen.spec.family).token_likelihood:
+    if get_family(gen.spec.family).exact_likelihood:
       metrics["t2i"] = teacher_forced_nll(gen, captions, tokens, batch_size)
     psnr = reconstruction_psnr(config, gen.vq, split, num)
     if psnr is not None:
       metrics["vq"] = psnr
   captioner = rerank.load_scorer(scorer, gen)
+  judge_gen = rerank.load_judge(judge, gen)
   start = time.perf_counter()
   with tqdm(total=len(captions) * candidates, desc=f"eval {split}", unit="img",
             disable=jax.process_index() != 0) as bar:
     images, sampled, _ = rerank.generate(gen, captioner, captions, options,
                                          candidates=candidates, seed=seed,
                                          batch_size=batch_size, progress=bar.update,
-                                         selection=selection)
+                                         selection=selection, judge=judge_gen)
   if tokens is not None:
     # Retrieval (eval/retrieval.py) against the split's own tokens decoded by
     # the run's VQ: the images the model was trained to draw. They exist
@@ -169,7 +172,9 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
     references = gen.vq.decode_uint8(tokens.reshape(len(tokens), *gen.spec.image_grid))
   if jax.process_index() != 0:
     return None
+  judged = captioner is not None and selection == "contrastive"
   metrics.update(candidates=candidates, rerank=selection if captioner is not None else None,
+                 judge=os.path.abspath(judge_gen.run) if judged else None,
                  seconds_per_kept_image=(time.perf_counter() - start) / len(captions))
   if captioner is not None and r_precision:
     metrics.update(caption_metrics.scorer_metrics(captioner, sampled, tokens, captions,
@@ -188,7 +193,7 @@ def evaluate_run(workdir: str, *, split: str = "validation", num: int = 200,
   report = report or os.path.join(gen.run, "eval", report_name(
       source, num, options, parallel=parallel, seed=seed,
       step=gen.step, selection=selection if captioner is not None else None,
-      candidates=candidates))
+      candidates=candidates, judge=judge and os.path.abspath(judge)))
   write_outputs(os.path.join(report, "samples"), images, captions, captions_in_grid=False,
                 info={"run": os.path.abspath(gen.run), "step": gen.step,
                       "evaluators": names})

@@ -45,8 +45,14 @@ def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
                            "is the prompt, else the best scored (keeps the samples varied); "
                            "best = the highest caption likelihood (Parti); contrastive = "
                            "among those read as the prompt, the one whose worst image token the "
-                           "t2i model still finds likelier under the prompt than under any "
-                           "training caption one word away, by the widest margin")
+                           "judge (--judge; default the t2i run) still finds likelier under the "
+                           "prompt than under any training caption one word away, by the "
+                           "widest margin")
+  parser.add_argument("--judge", default=None,
+                      help="with --rerank contrastive: the t2i run (any family, same VQ and "
+                           "caption tokenizer) whose token likelihoods compare the captions "
+                           "(default: the sampled run; a masked run sees each token's whole "
+                           "surround)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +123,7 @@ def run(args) -> int:
     raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
   if args.batch_size < 1:
     raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-  rerank.check_arguments(args.scorer, args.candidates, args.rerank)
+  rerank.check_arguments(args.scorer, args.candidates, args.rerank, args.judge)
   partial.check_output(args.outdir, args.overwrite, "--outdir")
   source = streaming.prompt_source(args.prompts, args.prompt)
   total = source.count * args.num_per_prompt
@@ -127,6 +133,7 @@ def run(args) -> int:
   gen = Generator.load(args.workdir, step=args.step, vq_workdir=args.vq_workdir,
                        mesh_overrides=args.mesh, dtype=args.dtype, quantize=args.quantize)
   scorer = rerank.load_scorer(args.scorer, gen)
+  judge = rerank.load_judge(args.judge, gen)
   import jax
   main_process = jax.process_index() == 0
   cap = max(1, gen.max_batch_size() // args.candidates)
@@ -137,8 +144,9 @@ def run(args) -> int:
   result = streaming.sample_to_folder(
       gen, source, args.outdir, options, num_per_prompt=args.num_per_prompt,
       batch_size=batch_size, seed=args.seed, overwrite=args.overwrite, scorer=scorer,
-      candidates=args.candidates, selection=args.rerank,
-      resume_options={"vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir)},
+      candidates=args.candidates, selection=args.rerank, judge=judge,
+      resume_options={"vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir),
+                      "judge": args.judge and os.path.abspath(args.judge)},
       info={"run": os.path.abspath(gen.run), "step": gen.step,
             "evaluators": list(gen.config.evaluators)},
       sigterm_after_batches=args.debug_sigterm_after_batches)
@@ -157,7 +165,8 @@ def run(args) -> int:
     mode = (f"jacobi decoding, draft {options.draft_len}" if options.decoding == "jacobi"
             else "ar decoding" + (f", {options.cache_chunks} cache chunks"
                                   if options.cache_chunks > 1 else ""))
-    kept = (f" (each one of {args.candidates} kept by {args.scorer}, {args.rerank})"
+    kept = (f" (each one of {args.candidates} kept by {args.scorer}, {args.rerank}"
+            f"{', judged by ' + args.judge if args.judge else ''})"
             if scorer else "")
     rate = (result.done - result.resumed) / max(result.seconds, 1e-9)
     print(f"wrote {result.total} images{kept} to {result.path} (grid: {result.grid}); "

@@ -154,8 +154,9 @@ class Generator:
 
   def token_log_probs(self, captions: Sequence[str], tokens: np.ndarray, *,
                       batch_size: int = 64) -> np.ndarray:
-    """(n, N) fp32 log p(token | caption, tokens before it) of image tokens
-    (n, N) under caption i (`Family.token_log_probs`), in fixed-size batches."""
+    """(n, N) fp32 log p(token | caption, the rest as the family sees it) of
+    image tokens (n, N) under caption i (`Family.token_log_probs`: the tokens
+    before it, or a masked family's pseudo-likelihood), in fixed-size batches."""
     import jax
     from vlgen_jax.sample import sampler
     from vlgen_jax.tasks.families import get_family

@@ -13,14 +13,20 @@ Three rules pick the kept candidate (`SELECTIONS`):
 - "contrastive": among the candidates the captioner agrees with, the one
   with the highest `contrast`, the first in seed order among equals; if it
   agrees with none, the highest-scored one. A candidate's contrast is the
-  lowest, over its image tokens and over the prompt's neighbours (training
-  captions one word away: another colour, shape, place), of
-  log p(token | prompt) - log p(token | neighbour) under the t2i model itself. A part drawn for a neighbour (a blue piece of a
-  purple circle) makes it negative, even where the captioner reads the whole
-  image as the prompt. With no neighbours it is 0 and the rule is
-  "consistent". Many candidates share their lowest token (often the first),
-  so equal contrasts are common. Costs 1 + (neighbours, at most
-  `MAX_NEIGHBOURS`) teacher-forced t2i passes per candidate.
+  lowest, over its image tokens and over the prompt's neighbours (the
+  judge's training captions one word away: another colour, shape, place),
+  of log p(token | prompt) - log p(token | neighbour) under the judge. A
+  part drawn for a neighbour (a blue piece of a purple circle) makes it
+  negative, even where the captioner reads the whole image as the prompt.
+  With no neighbours it is 0 and the rule is "consistent". Equal contrasts
+  are common (many candidates share their lowest token). Costs 1 +
+  (neighbours, at most `MAX_NEIGHBOURS`) judge passes per candidate.
+
+The judge is the sampled t2i run itself unless another is given (`--judge
+RUN`: any family, same VQ and caption tokenizer). A causal judge sees only
+the tokens before each one; a masked judge's pseudo-likelihood sees each
+token's whole surround, so a piece that does not fit its object stands out
+(docs/captioning.md measures both).
 
 The scorer reads the t2i run's image tokens directly, so both runs must
 share the VQ (same codes) and the caption tokenizer (same ids); `check_pair`
@@ -55,18 +61,20 @@ def params_fingerprint(params) -> str:
   return h.hexdigest()[:16]
 
 
-def check_pair(generator, scorer) -> None:
-  """UserError unless the t2i run and the scorer share VQ and tokenizer."""
-  if params_fingerprint(generator.vq.params) != params_fingerprint(scorer.vq.params):
-    raise UserError(f"the scorer {scorer.run} reads codes of the VQ {scorer.vq_run}, the t2i run "
-                    f"{generator.run} samples codes of another VQ; they must be the same VQ")
-  if generator.tokenizer.fingerprint != scorer.tokenizer.fingerprint:
-    raise UserError(f"the scorer {scorer.run} and the t2i run {generator.run} use different "
+def check_pair(generator, other, role: str = "scorer") -> None:
+  """UserError unless the t2i run and `other` (the scorer, or a judge) share
+  VQ, caption tokenizer and token grid."""
+  if params_fingerprint(generator.vq.params) != params_fingerprint(other.vq.params):
+    vq = getattr(other, "vq_run", None)
+    raise UserError(f"the {role} {other.run} reads codes of the VQ {vq or '(its own)'}, the t2i "
+                    f"run {generator.run} samples codes of another VQ; they must be the same VQ")
+  if generator.tokenizer.fingerprint != other.tokenizer.fingerprint:
+    raise UserError(f"the {role} {other.run} and the t2i run {generator.run} use different "
                     f"caption tokenizers")
-  if (scorer.spec.image_grid != generator.spec.image_grid
-      or scorer.spec.image_vocab_size != generator.spec.image_vocab_size):
-    raise UserError(f"the scorer expects {scorer.spec.image_vocab_size} codes on "
-                    f"{scorer.spec.image_grid}, the t2i run samples "
+  if (other.spec.image_grid != generator.spec.image_grid
+      or other.spec.image_vocab_size != generator.spec.image_vocab_size):
+    raise UserError(f"the {role} expects {other.spec.image_vocab_size} codes on "
+                    f"{other.spec.image_grid}, the t2i run samples "
                     f"{generator.spec.image_vocab_size} on {generator.spec.image_grid}")
 
 
@@ -83,12 +91,15 @@ def check_selection(selection: str) -> None:
     raise UserError(f"--rerank must be one of {', '.join(SELECTIONS)}, got {selection!r}")
 
 
-def check_arguments(scorer: str | None, candidates: int, selection: str = "consistent") -> None:
-  """`--scorer` / `--candidates` / `--rerank` of `vlgen sample` and `vlgen eval`."""
+def check_arguments(scorer: str | None, candidates: int, selection: str = "consistent",
+                    judge: str | None = None) -> None:
+  """`--scorer` / `--candidates` / `--rerank` / `--judge` of `vlgen sample` and `vlgen eval`."""
   check_candidates(candidates)
   check_selection(selection)
   if candidates > 1 and not scorer:
     raise UserError("--candidates > 1 needs --scorer RUN (a captioner run) to pick among them")
+  if judge and (selection != "contrastive" or not scorer):
+    raise UserError("--judge RUN is used only by --rerank contrastive (with --scorer)")
 
 
 def load_scorer(path: str | None, generator):
@@ -99,6 +110,17 @@ def load_scorer(path: str | None, generator):
   scorer = Captioner.load(path)
   check_pair(generator, scorer)
   return scorer
+
+
+def load_judge(path: str | None, generator, step: int | None = None):
+  """The t2i run at `path` as the contrastive rule's judge, checked against
+  the sampled run (the sampled run itself for no path)."""
+  if not path:
+    return generator
+  from vlgen_jax.sample.generator import Generator
+  judge = Generator.load(path, step=step)
+  check_pair(generator, judge, "judge")
+  return judge
 
 
 def select(scores: np.ndarray, agree: np.ndarray, selection: str,
@@ -150,33 +172,29 @@ def _training_neighbours(data_dir: str) -> CaptionNeighbours:
                             for i in range(len(source))])
 
 
-def training_neighbours(generator) -> CaptionNeighbours:
-  """Neighbours among the t2i run's training captions (its token dataset);
-  a family without a token likelihood is a UserError here, before sampling."""
-  from vlgen_jax.tasks.families import get_family
-  family = generator.spec.family
-  if not get_family(family).token_likelihood:
-    raise UserError(f"--rerank contrastive needs a token-by-token likelihood, which "
-                    f"model.family={family!r} does not have; use consistent or best")
-  data = generator.config.data
+def training_neighbours(judge) -> CaptionNeighbours:
+  """Neighbours among the judge's training captions (its token dataset); a
+  judge trained on anything else is a UserError here, before sampling."""
+  data = judge.config.data
   if data.source != "tokens" or not data.data_dir:
-    raise UserError("--rerank contrastive needs the t2i run's training captions, and the run "
-                    "was not trained on a token dataset (data.source=tokens)")
+    raise UserError(f"--rerank contrastive needs the judge's training captions, and {judge.run} "
+                    f"was not trained on a token dataset (data.source=tokens)")
   return _training_neighbours(str(data.data_dir))
 
 
-def contrast(generator, tokens: np.ndarray, expanded: Sequence[str], neighbours, *,
+def contrast(judge, tokens: np.ndarray, expanded: Sequence[str], neighbours, *,
              batch_size: int = 64) -> np.ndarray:
   """(len(expanded),) each candidate's contrast (module docstring): min over
   the prompt's neighbours and the image tokens of log p(token | prompt) -
-  log p(token | neighbour); 0 where the prompt has no neighbours."""
-  own = generator.token_log_probs(expanded, tokens, batch_size=batch_size)
+  log p(token | neighbour) under the judge (a t2i Generator); 0 where the
+  prompt has no neighbours."""
+  own = judge.token_log_probs(expanded, tokens, batch_size=batch_size)
   alternatives = [neighbours(prompt) for prompt in expanded]
   rows = np.repeat(np.arange(len(expanded)), [len(a) for a in alternatives])
   flat = [a for alts in alternatives for a in alts]
   out = np.zeros(len(expanded), np.float32)
   if flat:
-    other = generator.token_log_probs(flat, np.asarray(tokens)[rows], batch_size=batch_size)
+    other = judge.token_log_probs(flat, np.asarray(tokens)[rows], batch_size=batch_size)
     lowest = (own[rows] - other).min(axis=1)
     out[np.unique(rows)] = np.inf
     np.minimum.at(out, rows, lowest)
@@ -185,7 +203,7 @@ def contrast(generator, tokens: np.ndarray, expanded: Sequence[str], neighbours,
 
 def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: int = 1,
              seed: int = 0, batch_size: int = 16, progress: Callable[[int], None] | None = None,
-             first_index: int = 0, selection: str = "consistent"):
+             first_index: int = 0, selection: str = "consistent", judge=None):
   """(images, tokens, kept scores or None): plain sampling without a scorer,
   else one of `candidates` per prompt (`generate_reranked`). Output i
   is the same whether made alone or as output `first_index + i` of a run."""
@@ -196,7 +214,8 @@ def generate(generator, scorer, prompts: Sequence[str], options, *, candidates: 
   images, tokens, kept, _ = generate_reranked(generator, scorer, prompts, options,
                                               candidates=candidates, seed=seed,
                                               batch_size=batch_size, progress=progress,
-                                              first_index=first_index, selection=selection)
+                                              first_index=first_index, selection=selection,
+                                              judge=judge)
   return images, tokens, kept
 
 
@@ -224,22 +243,24 @@ def read_candidates(scorer, tokens, expanded: Sequence[str], candidates: int):
 def generate_reranked(generator, scorer, prompts: Sequence[str], options, *, candidates: int,
                       seed: int = 0, batch_size: int = 16,
                       progress: Callable[[int], None] | None = None, first_index: int = 0,
-                      selection: str = "consistent"):
+                      selection: str = "consistent", judge=None):
   """One kept image per entry of `prompts` among `candidates` samples, chosen
-  by `selection` (module docstring).
+  by `selection` (module docstring); `judge` (a t2i Generator, default
+  `generator`) computes the contrastive rule's contrasts.
 
   Returns (uint8 images (n, H, W, 3), tokens (n, N), scores (n,) of the kept
   ones, all scores (n, candidates)).
   """
   check_selection(selection)
-  neighbours = training_neighbours(generator) if selection == "contrastive" else None
+  judge = generator if judge is None else judge
+  neighbours = training_neighbours(judge) if selection == "contrastive" else None
   images, tokens, expanded = draw_candidates(generator, prompts, options, candidates=candidates,
                                              seed=seed, batch_size=batch_size, progress=progress,
                                              first_index=first_index)
   scores, agree = read_candidates(scorer, tokens, expanded, candidates)
   contrasts = None
   if selection == "contrastive":
-    contrasts = contrast(generator, tokens, expanded, neighbours,
+    contrasts = contrast(judge, tokens, expanded, neighbours,
                          batch_size=batch_size).reshape(scores.shape)
   pick = select(scores, agree, selection, contrasts)
   rows = np.arange(len(prompts))

@@ -79,7 +79,7 @@ class SampleResult:
 def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
                      num_per_prompt: int = 1, batch_size: int = 16, seed: int = 0,
                      overwrite: bool = False, scorer=None, candidates: int = 1,
-                     selection: str = "consistent",
+                     selection: str = "consistent", judge=None,
                      resume_options: Mapping[str, Any] | None = None,
                      info: Mapping[str, Any] | None = None,
                      sigterm_after_batches: int = 0) -> SampleResult:
@@ -88,7 +88,7 @@ def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
   `resume_options`: what else must match for a rerun to resume (e.g. the
   VQ override); the run, step, prompts, seed, sampling options and scorer
   always must. With `scorer`, each image is one of `candidates` kept by
-  `selection` (vlgen_jax/sample/rerank.py).
+  `selection` (vlgen_jax/sample/rerank.py; `judge`: its contrastive judge).
   `sigterm_after_batches` is fault injection for tests/reliability."""
   main_process = jax.process_index() == 0
   total = source.count * num_per_prompt
@@ -128,7 +128,8 @@ def sample_to_folder(gen, source: PromptSource, outdir: str, options, *,
           truncated += gen.tokenizer.num_truncated - before
           images, _, _ = rerank.generate(gen, scorer, texts, options, candidates=candidates,
                                          seed=seed, batch_size=batch_size * candidates,
-                                         first_index=done, selection=selection)
+                                         first_index=done, selection=selection,
+                                         judge=judge)
           if writer:
             writer.write(images, texts)
           done += len(chunk)
