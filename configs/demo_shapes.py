@@ -3,7 +3,8 @@
 The quick start's stages with their full schedules: the default 50k/2k/2k
 shapes splits, configs/vq_shapes.py (3500 steps) and configs/t2i_shapes.py
 (10000 steps of batch 16, a sampled-and-scored validation grid every 2000
-steps in TensorBoard). Measured results and wall time: docs/recipes.md.
+steps in TensorBoard), then a captioner and a masked judge for reranking
+(docs/captioning.md). Measured results and wall time: docs/recipes.md.
 Held-out pairs: `vlgen eval --workdir W --split heldout --num 200`.
 """
 import ml_collections
@@ -29,6 +30,11 @@ def get_config():
                                          "candidates": 8, "rerank": "contrastive",
                                          "sampling": {"temperature": 1.0, "top_k": 0,
                                                       "plausibility": 0.1}})
+  # The contrastive rule's judge: a masked run on the same tokens (its own
+  # stage). Its pseudo-likelihood scores each token given all its
+  # neighbours, where the t2i run sees only the tokens before it.
+  c.judge = ml_collections.ConfigDict({"config": "configs/t2i_shapes_masked.py",
+                                       "overrides": ()})
   c.sample = ml_collections.ConfigDict({
       "prompts": ("a large red circle in the center",
                   "a small blue square at the top left and a large yellow triangle at the bottom right",
