@@ -145,8 +145,9 @@ def run(args) -> int:
       gen, source, args.outdir, options, num_per_prompt=args.num_per_prompt,
       batch_size=batch_size, seed=args.seed, overwrite=args.overwrite, scorer=scorer,
       candidates=args.candidates, selection=args.rerank, judge=judge,
+      # A judge only when given: partial outputs written before --judge existed resume.
       resume_options={"vq_workdir": args.vq_workdir and os.path.abspath(args.vq_workdir),
-                      "judge": args.judge and os.path.abspath(args.judge)},
+                      **({"judge": os.path.abspath(args.judge)} if args.judge else {})},
       info={"run": os.path.abspath(gen.run), "step": gen.step,
             "evaluators": list(gen.config.evaluators)},
       sigterm_after_batches=args.debug_sigterm_after_batches)
