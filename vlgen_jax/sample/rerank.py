@@ -112,13 +112,13 @@ def load_scorer(path: str | None, generator):
   return scorer
 
 
-def load_judge(path: str | None, generator, step: int | None = None):
+def load_judge(path: str | None, generator):
   """The t2i run at `path` as the contrastive rule's judge, checked against
   the sampled run (the sampled run itself for no path)."""
   if not path:
     return generator
   from vlgen_jax.sample.generator import Generator
-  judge = Generator.load(path, step=step)
+  judge = Generator.load(path)
   check_pair(generator, judge, "judge")
   return judge
 
