@@ -288,21 +288,6 @@ def test_demo_eval_rerank_used_the_recipes_judge(demo):
   assert results["judge"] == os.path.abspath(demo / "judge")
 
 
-def test_judge_with_another_tokenizer_is_one_error(demo, tmp_path, capsys):
-  from vlgen_jax.text.tokenizer import TOKENIZER_ASSET, TextTokenizer
-  other = tmp_path / "other"
-  shutil.copytree(demo / "judge", other / "judge")
-  sentences = [f"word{i} thing{i % 7} other{i % 3}" for i in range(200)]
-  TextTokenizer.train(sentences, 40).save(other / "judge" / "export" / "assets" / TOKENIZER_ASSET)
-  assert cli.main(["sample", "--workdir", str(demo), "--prompt", "a large red circle in the center",
-                   "--outdir", str(tmp_path / "out"), "--scorer", str(demo / "caption"),
-                   "--candidates", "2", "--rerank", "contrastive",
-                   "--judge", str(other / "judge")]) == 2
-  err = capsys.readouterr().err.strip()
-  assert "the judge" in err and "different caption tokenizers" in err and err.count("\n") == 0
-  assert not (tmp_path / "out").exists()
-
-
 def test_contrastive_reranking_keeps_the_candidate_with_the_highest_contrast(demo):
   from vlgen_jax.sample import rerank
   from vlgen_jax.sample.generator import Generator
@@ -358,14 +343,18 @@ def test_rerank_option_errors_are_one_line(demo, tmp_path, capsys, args, message
   assert message in err and err.count("\n") == 0
 
 
-def test_scorer_with_another_tokenizer_is_one_error(demo, tmp_path, capsys):
+@pytest.mark.parametrize("role", ["scorer", "judge"])
+def test_scorer_or_judge_with_another_tokenizer_is_one_error(demo, tmp_path, capsys, role):
   from vlgen_jax.text.tokenizer import TOKENIZER_ASSET, TextTokenizer
-  other = tmp_path / "other"
-  shutil.copytree(demo / "caption", other / "caption")
+  run = "caption" if role == "scorer" else "judge"
+  other = tmp_path / "other" / run
+  shutil.copytree(demo / run, other)
   sentences = [f"word{i} thing{i % 7} other{i % 3}" for i in range(200)]
-  TextTokenizer.train(sentences, 40).save(other / "caption" / "export" / "assets" / TOKENIZER_ASSET)
+  TextTokenizer.train(sentences, 40).save(other / "export" / "assets" / TOKENIZER_ASSET)
+  rerank = (["--scorer", str(other), "--vq-workdir", str(demo / "vq")] if role == "scorer" else
+            ["--scorer", str(demo / "caption"), "--rerank", "contrastive", "--judge", str(other)])
   assert cli.main(["sample", "--workdir", str(demo), "--prompt", "a large red circle in the center",
-                   "--outdir", str(tmp_path / "out"), "--scorer", str(other / "caption"),
-                   "--candidates", "2", "--vq-workdir", str(demo / "vq")]) == 2
+                   "--outdir", str(tmp_path / "out"), "--candidates", "2", *rerank]) == 2
   err = capsys.readouterr().err.strip()
-  assert "different caption tokenizers" in err and err.count("\n") == 0
+  assert f"the {role}" in err and "different caption tokenizers" in err
+  assert err.count("\n") == 0 and not (tmp_path / "out").exists()

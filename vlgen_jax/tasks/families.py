@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from vlgen_jax.errors import UserError
 
 
@@ -123,7 +125,6 @@ class Masked(Family):
     a quarter of the tokens, inside the fractions training masks."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     variables = {"params": params}
     encoded, text_mask = model.apply(variables, text_ids, method="encode_text")
     classes = parity_classes(model.spec.image_grid)
@@ -141,7 +142,6 @@ class Masked(Family):
 
 def parity_classes(grid):
   """(H*W,) int class of each raster position: 2 * (row % 2) + col % 2."""
-  import numpy as np
   rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
   return 2 * (rows % 2) + cols % 2
 
